@@ -1,0 +1,195 @@
+"""Prompt templates -> chat messages in the layout the released checkpoints were trained on.
+
+A template set is a folder of five text files (see ``templates/default``):
+``system_pointwise.txt``, ``t2i_pointwise.txt``, ``edit_pointwise.txt``, ``t2i_pairwise.txt``,
+``edit_pairwise.txt``. A template holds ``{request}`` once and one ``<image>`` placeholder per
+image line; for edits the first placeholder is the source slot and receives every source image.
+
+Messages are plain dicts in the OpenAI shape with image parts kept as objects
+(``{"type": "image", "image": PreparedImage}``); each backend turns them into its wire format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from .dimensions import check_task
+
+Mode = Literal["pointwise", "pairwise"]
+IMAGE_MARKER = "<image>"
+TEMPLATE_FILES = (
+    "system_pointwise.txt",
+    "t2i_pointwise.txt",
+    "edit_pointwise.txt",
+    "t2i_pairwise.txt",
+    "edit_pairwise.txt",
+)
+# Expected image slots per template (the edit source slot counts once).
+_SLOTS = {
+    ("t2i", "pointwise"): 1,
+    ("edit", "pointwise"): 2,
+    ("t2i", "pairwise"): 2,
+    ("edit", "pairwise"): 3,
+}
+
+
+class PromptInputError(ValueError):
+    """The request text cannot be used (empty, or not a string)."""
+
+
+def neutralize_request(text: str) -> str:
+    """Make user text inert inside our prompt.
+
+    The request is quoted on one ``User Instruction:`` line, so: line breaks become spaces (a
+    request cannot open a new section), ``<image>`` markers become ``[image]`` (no phantom image
+    slot in sharegpt exports), line-leading ``#`` marks are dropped (no forged ``## Score:``
+    header), and chat-control tokens such as ``<|im_start|>`` are broken up (no role injection).
+    """
+    if not isinstance(text, str):
+        raise PromptInputError(f"the request must be text, got {type(text).__name__}")
+    out = re.sub(r"<\s*image\s*>", "[image]", text, flags=re.IGNORECASE)
+    out = re.sub(r"<\|", "< |", out)
+    out = re.sub(r"</?\s*think\s*>", lambda m: m.group(0).replace("<", "< "), out, flags=re.IGNORECASE)
+    out = re.sub(r"(?m)^\s*#+\s*", "", out)
+    out = re.sub(r"\s*\n\s*", " ", out).strip()
+    # A '#' run mid-line that would start a header once the model echoes the request
+    out = re.sub(r"#{2,}", "#", out)
+    if not out:
+        raise PromptInputError("the request is empty")
+    return out
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """The five prompt texts; build from a folder with :meth:`from_dir`."""
+
+    name: str
+    system_pointwise: str
+    t2i_pointwise: str
+    edit_pointwise: str
+    t2i_pairwise: str
+    edit_pairwise: str
+
+    @classmethod
+    def from_dir(cls, path: str | Path, name: str | None = None) -> TemplateSet:
+        folder = Path(path)
+        missing = [f for f in TEMPLATE_FILES if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"template folder {folder} lacks {', '.join(missing)}")
+        texts = {f[:-4]: (folder / f).read_text(encoding="utf-8") for f in TEMPLATE_FILES}
+        ts = cls(name=name or folder.name, **texts)
+        ts.validate()
+        return ts
+
+    @classmethod
+    def default(cls) -> TemplateSet:
+        root = resources.files("rationalrewards.critique") / "templates" / "default"
+        texts = {f[:-4]: (root / f).read_text(encoding="utf-8") for f in TEMPLATE_FILES}
+        return cls(name="default", **texts)
+
+    def text(self, task: str, mode: Mode) -> str:
+        return getattr(self, f"{task}_{mode}")
+
+    def validate(self) -> None:
+        for (task, mode), slots in _SLOTS.items():
+            body = self.text(task, mode)
+            if body.count("{request}") != 1:
+                raise ValueError(f"template {task}_{mode} must contain {{request}} exactly once")
+            if body.count(IMAGE_MARKER) != slots:
+                raise ValueError(f"template {task}_{mode} must contain {slots} {IMAGE_MARKER} placeholders")
+
+
+_DEFAULT: TemplateSet | None = None
+
+
+def default_templates() -> TemplateSet:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = TemplateSet.default()
+    return _DEFAULT
+
+
+def resolve_templates(spec: str | Path | TemplateSet | None) -> TemplateSet:
+    if spec is None or spec == "default":
+        return default_templates()
+    if isinstance(spec, TemplateSet):
+        return spec
+    return TemplateSet.from_dir(spec)
+
+
+def _interleave(template: str, request: str, slots: list[list[Any]]) -> list[dict[str, Any]]:
+    # Split on the markers BEFORE inserting the request, so nothing in the request can ever be
+    # taken for an image slot.
+    pieces = template.split(IMAGE_MARKER)
+    if len(pieces) - 1 != len(slots):
+        raise ValueError(f"template has {len(pieces) - 1} image slots, got {len(slots)}")
+    content: list[dict[str, Any]] = []
+    for i, piece in enumerate(pieces):
+        piece = piece.replace("{request}", request)
+        if piece:
+            content.append({"type": "text", "text": piece})
+        if i < len(slots):
+            for img in slots[i]:
+                content.append({"type": "image", "image": img})
+    return content
+
+
+def build_messages(
+    task: str,
+    mode: Mode,
+    request: str,
+    images: list[Any],
+    sources: list[Any] | None = None,
+    templates: TemplateSet | None = None,
+) -> list[dict[str, Any]]:
+    """Chat messages for one judgement.
+
+    ``images``: the judged image(s): one for pointwise, two (A, B) for pairwise.
+    ``sources``: the edit's source image(s) (edit task only; several go into the one slot).
+    Pointwise prompts are a system + user message, pairwise a single user message, as in training.
+    """
+    task = check_task(task)
+    ts = templates or default_templates()
+    expected = 1 if mode == "pointwise" else 2
+    if len(images) != expected:
+        raise ValueError(f"{mode} judgement needs {expected} image(s), got {len(images)}")
+    if task == "edit":
+        if not sources:
+            raise ValueError("an edit judgement needs at least one source image")
+        slots = [list(sources)] + [[img] for img in images]
+    else:
+        if sources:
+            raise ValueError("a t2i judgement takes no source image")
+        slots = [[img] for img in images]
+    user = {"role": "user", "content": _interleave(ts.text(task, mode), neutralize_request(request), slots)}
+    if mode == "pointwise":
+        return [{"role": "system", "content": ts.system_pointwise.strip()}, user]
+    return [user]
+
+
+def render_text(messages: list[dict[str, Any]], marker: str = IMAGE_MARKER) -> list[dict[str, str]]:
+    """Messages with image parts replaced by ``marker`` (for sharegpt exports and logs)."""
+    out = []
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append({"role": msg["role"], "content": content})
+            continue
+        text = "".join(p["text"] if p["type"] == "text" else marker for p in content)
+        out.append({"role": msg["role"], "content": text})
+    return out
+
+
+def message_images(messages: list[dict[str, Any]]) -> list[Any]:
+    """The image objects of the messages, in placeholder order."""
+    return [
+        part["image"]
+        for msg in messages
+        if not isinstance(msg["content"], str)
+        for part in msg["content"]
+        if part["type"] == "image"
+    ]

@@ -1,0 +1,42 @@
+"""Test helpers: tiny offline checkpoints and local model servers.
+
+Attributes are imported lazily so that ``import rationalrewards.testing`` never pulls in torch or
+transformers; only calling the helpers does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .servers import start_transformers_serve, stop_transformers_serve, transformers_serve
+    from .tiny_models import build_tiny_qwen3vl, build_tiny_qwen3vl_cached
+
+_LAZY = {
+    "build_tiny_qwen3vl": ".tiny_models",
+    "build_tiny_qwen3vl_cached": ".tiny_models",
+    "start_transformers_serve": ".servers",
+    "stop_transformers_serve": ".servers",
+    "transformers_serve": ".servers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "build_tiny_qwen3vl",
+    "build_tiny_qwen3vl_cached",
+    "start_transformers_serve",
+    "stop_transformers_serve",
+    "transformers_serve",
+]
