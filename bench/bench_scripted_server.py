@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -37,12 +39,13 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def make_png(seed: int, size: int = 512) -> bytes:
-    """A 512x512 PNG of ~200-260 KB: grey noise over a colour gradient, so it barely compresses."""
+    """A 512x512 RGB PNG of ~210-250 KB (~290-340 KB as base64): a tinted gradient with noise,
+    so it compresses like a photo rather than like a flat test pattern."""
     rng = random.Random(seed)
-    noise = Image.effect_noise((size, size), 40 + rng.random() * 10).convert("RGB")
+    noise = Image.effect_noise((size, size), 4 + rng.random() * 4).convert("RGB")
     gradient = Image.linear_gradient("L").resize((size, size)).convert("RGB")
     tint = Image.new("RGB", (size, size), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    img = Image.blend(Image.blend(gradient, tint, 0.5), noise, 0.35).convert("L").convert("RGB")
+    img = Image.blend(Image.blend(gradient, tint, 0.5), noise, 0.2)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -80,32 +83,100 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-async def run_load(base_url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[float, list[float], int]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    failures = 0
-    next_index = 0
-    headers = {"Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60.0) as client:
+class _Counter:
+    """Hands out request indices to the workers (single event loop: no lock needed)."""
 
-        async def worker() -> None:
-            nonlocal next_index, failures
-            while next_index < n:
-                i = next_index
-                next_index += 1
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 0
+        self.failures = 0
+        self.latencies: list[float] = []
+
+    def fail(self, exc: Exception) -> None:
+        if self.failures == 0:
+            print(f"first failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        self.failures += 1
+
+    def take(self) -> int | None:
+        if self.next >= self.n:
+            return None
+        self.next += 1
+        return self.next - 1
+
+
+async def run_httpx(
+    base_url: str, bodies: list[bytes], n: int, concurrency: int, clients: int, lib: Any = httpx
+) -> tuple[float, _Counter]:
+    """The brief's client: httpx.AsyncClient, ``concurrency`` connections split over ``clients`` pools.
+
+    ``lib`` may be another module with httpx's API (``httpx2``, whose pool does not rescan every
+    connection per queued request) to tell server limits from client-pool limits.
+    """
+    per_client = max(1, concurrency // clients)
+    limits = lib.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    headers = {"Content-Type": "application/json"}
+    counter = _Counter(n)
+    pools = [lib.AsyncClient(base_url=base_url, limits=limits, timeout=60.0) for _ in range(clients)]
+
+    async def worker(client: Any) -> None:
+        while (i := counter.take()) is not None:
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/chat/completions", content=bodies[i % len(bodies)], headers=headers)
+                r.raise_for_status()
+                r.json()["choices"][0]["message"]["content"]
+            except Exception as exc:
+                counter.fail(exc)
+            counter.latencies.append(time.perf_counter() - t0)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(pools[w % clients]) for w in range(per_client * clients)))
+        elapsed = time.perf_counter() - start
+    finally:
+        for client in pools:
+            await client.aclose()
+    return elapsed, counter
+
+
+async def run_raw(base_url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[float, _Counter]:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams: isolates the server's capacity
+    from the HTTP client library's own CPU cost."""
+    url = httpx.URL(base_url)
+    path = url.raw_path.decode().rstrip("/") + "/chat/completions"
+    heads = [
+        (f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nContent-Type: application/json\r\n"
+         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        for body in bodies
+    ]
+    counter = _Counter(n)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(url.host, url.port, limit=1 << 20)
+        try:
+            while (i := counter.take()) is not None:
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/chat/completions", content=bodies[i % len(bodies)], headers=headers)
-                    r.raise_for_status()
-                    r.json()["choices"][0]["message"]["content"]
-                except Exception:
-                    failures += 1
-                latencies.append(time.perf_counter() - t0)
+                    writer.write(heads[i % len(heads)])
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status = int(head.split(b" ", 2)[1])
+                    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:"))
+                    payload = json.loads(await reader.readexactly(length))
+                    if status != 200:
+                        raise RuntimeError(status)
+                    payload["choices"][0]["message"]["content"]
+                except Exception as exc:
+                    counter.fail(exc)
+                    break  # the connection's framing is unknown now: do not reuse it
+                counter.latencies.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return elapsed, latencies, failures
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start, counter
 
 
 def main() -> int:
@@ -115,6 +186,11 @@ def main() -> int:
     ap.add_argument("--latency-s", type=float, default=0.2)
     ap.add_argument("--pool", type=int, default=32, help="distinct pre-encoded bodies, used round-robin")
     ap.add_argument("--in-thread", action="store_true", help="run the server in this process")
+    ap.add_argument("--client", choices=("httpx", "httpx2", "raw"), default="httpx",
+                    help="httpx.AsyncClient (the brief's scenario), httpx2.AsyncClient if installed, "
+                         "or a minimal asyncio-streams client")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="httpx only: split the connections over this many AsyncClient pools")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -148,9 +224,13 @@ def main() -> int:
 
     try:
         cpu0, client_cpu0 = server_cpu(), time.process_time()
-        elapsed, latencies, failures = asyncio.run(
-            run_load(base_url, bodies, args.requests, args.concurrency)
-        )
+        if args.client == "raw":
+            coro = run_raw(base_url, bodies, args.requests, args.concurrency)
+        else:
+            lib = importlib.import_module(args.client)
+            coro = run_httpx(base_url, bodies, args.requests, args.concurrency, args.clients, lib)
+        elapsed, counter = asyncio.run(coro)
+        latencies, failures = counter.latencies, counter.failures
         cpu1, client_cpu1 = server_cpu(), time.process_time()
     finally:
         if server is not None:
@@ -163,6 +243,8 @@ def main() -> int:
     ideal = args.concurrency / args.latency_s
     lat = sorted(latencies)
     mb = sum(sizes) / len(sizes) * args.requests / 1e6
+    print(f"client={args.client} clients={args.clients if args.client != 'raw' else '-'} "
+          f"server={'in-thread' if args.in_thread else 'subprocess'}")
     print(f"requests={args.requests} concurrency={args.concurrency} latency_s={args.latency_s} "
           f"failures={failures} body_MB_total={mb:.0f}")
     print(f"elapsed={elapsed:.2f}s throughput={rps:.0f} req/s ideal={ideal:.0f} req/s ratio={rps / ideal:.3f}")

@@ -107,7 +107,10 @@ def test_chat_template_matches_qwen_layout(processor) -> None:
         "<|im_start|>assistant\n"
     )
     # The tokenizer carries the same template, for text-only callers.
-    assert processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == rendered
+    assert (
+        processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        == rendered
+    )
 
 
 def test_generation_markers_mask_assistant_turn(processor) -> None:
@@ -116,9 +119,11 @@ def test_generation_markers_mask_assistant_turn(processor) -> None:
         {"role": "user", "content": "Rate it."},
         {"role": "assistant", "content": "Score: 4"},
     ]
-    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tok.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids, mask = out["input_ids"], out["assistant_masks"]
-    masked = tok.decode([i for i, m in zip(ids, mask) if m])
+    masked = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
     # The end-of-turn token is inside the mask so that SFT teaches the model to stop.
     assert masked == "Score: 4<|im_end|>\n"
 
@@ -283,7 +288,11 @@ def test_custom_corpus_and_sizes(tmp_path: pathlib.Path) -> None:
     assert len(proc.tokenizer) == 300 == mdl.config.text_config.vocab_size
     assert mdl.config.text_config.hidden_size == 32
     inputs = proc.apply_chat_template(
-        _image_message("score"), tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        _image_message("score"),
+        tokenize=True,
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     with torch.inference_mode():
         mdl.generate(**inputs, max_new_tokens=4)

@@ -41,19 +41,36 @@ class ImageInputError(ValueError):
 
 @dataclass(eq=False)
 class PreparedImage:
-    """An RGB image ready for a model, with its encoded form."""
+    """An RGB image ready for a model, with its encoded form.
 
-    image: Image.Image
+    Pixels are decoded lazily: an image that passes through unchanged (already RGB, upright and
+    within the pixel cap) is only verified, so an HTTP backend never pays for decoding it.
+    """
+
     data: bytes
     mime: str
     source: str = "<image>"
     original_size: tuple[int, int] = (0, 0)
+    _image: Image.Image | None = field(default=None, repr=False)
     _sha256: str | None = field(default=None, repr=False)
     _data_url: str | None = field(default=None, repr=False)
 
     @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            try:
+                img = Image.open(io.BytesIO(self.data))
+                img.load()
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise ImageInputError(f"{self.source}: corrupt image data ({exc})") from None
+            self._image = _to_rgb(img)
+        return self._image
+
+    @property
     def size(self) -> tuple[int, int]:
-        return self.image.size
+        if self._image is not None:
+            return self._image.size
+        return self.original_size
 
     @property
     def sha256(self) -> str:
@@ -183,6 +200,16 @@ def load_image(
                         f"{label}: image is {w}x{h} ({w * h} pixels), above the limit of "
                         f"{max_input_pixels}; refusing to decode it"
                     )
+                if (
+                    fmt == "PNG"
+                    and img.mode == "RGB"
+                    and (max_pixels is None or w * h <= max_pixels)
+                    and not _has_rotation(img)
+                ):
+                    # Already what a model wants: check the chunk CRCs (catches truncation)
+                    # without inflating the pixels; they are decoded later only if needed.
+                    Image.open(io.BytesIO(data)).verify()
+                    return PreparedImage(data, "image/png", label, (w, h))
                 img.load()
         except ImageInputError:
             raise
@@ -208,14 +235,23 @@ def load_image(
             rgb = rgb.resize(target, Image.Resampling.LANCZOS)
             changed = True
     if data is not None and not changed and fmt in _PASSTHROUGH:
-        return PreparedImage(rgb, data, _MIME[fmt], label, original_size)
+        return PreparedImage(data, _MIME[fmt], label, original_size, _image=rgb)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
-    return PreparedImage(rgb, buf.getvalue(), "image/png", label, original_size)
+    return PreparedImage(buf.getvalue(), "image/png", label, original_size, _image=rgb)
 
 
 def _has_rotation(img: Image.Image) -> bool:
     try:
+        if img.format == "PNG" and not getattr(img, "im", None):
+            # PngImageFile.getexif() decodes the whole image to look for a late eXIf chunk;
+            # an early one (the norm) is already in info.
+            raw = img.info.get("exif")
+            if not raw:
+                return False
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1)) not in (0, 1)
         return int(img.getexif().get(0x0112, 1)) not in (0, 1)
     except Exception:  # a broken EXIF block is not worth failing the image for
         return False

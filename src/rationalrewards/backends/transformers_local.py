@@ -101,6 +101,17 @@ class TransformersBackend(Backend):
         self.batches_run = 0
         self.batch_sizes: list[int] = []
 
+    @classmethod
+    def from_components(cls, model: Any, processor: Any, *, name: str = "in-memory", **kwargs: Any) -> TransformersBackend:
+        """Wrap a model and processor already in memory (e.g. inside a training job that shares
+        the GPU, or a benchmark of a randomly initialised config)."""
+        backend = cls(name, **kwargs)
+        tok = getattr(processor, "tokenizer", processor)
+        tok.padding_side = "left"
+        backend._model, backend._processor = model, processor
+        backend._device = str(next(model.parameters()).device)
+        return backend
+
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
         """Load processor and model (idempotent; called lazily on first use)."""
@@ -195,7 +206,7 @@ class TransformersBackend(Backend):
                 add_generation_prompt=True,
                 return_dict=True,
                 return_tensors="pt",
-                padding=True,
+                processor_kwargs={"padding": True},
             ).to(self._device)
             gen_kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens}
             if params.temperature and params.temperature > 0:
@@ -252,9 +263,8 @@ class TransformersBackend(Backend):
         return await asyncio.gather(*(self.agenerate(m, params) for m in batch))
 
     def _schedule(self, delay: float) -> None:
-        if self._flush_task is not None and not self._flush_task.done():
-            if delay > 0:
-                return
+        if self._flush_task is not None and not self._flush_task.done() and delay > 0:
+            return
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_after(delay))
 
     async def _flush_after(self, delay: float) -> None:

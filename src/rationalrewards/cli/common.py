@@ -12,7 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -133,7 +140,7 @@ def progress_bar(description: str, total: int, *, disable: bool = False) -> Iter
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=disable or not err_console.is_terminal and os.environ.get("RATIONALREWARDS_PROGRESS") != "1",
+        disable=disable or (not err_console.is_terminal and os.environ.get("RATIONALREWARDS_PROGRESS") != "1"),
         transient=False,
     )
     with progress:

@@ -49,7 +49,8 @@ def _show_critique(res: Any) -> None:
     table = Table("dimension", "score", "justification", show_lines=True)
     for key, just in res.justifications.items():
         score = res.scores.get(key)
-        table.add_row(key, "N/A" if score is None else f"{score:.2f}", (just or "")[:400])
+        shown = f"{score:.2f}" if score is not None else ("N/A" if just else "missing")
+        table.add_row(key, shown, (just or "")[:400])
     if res.justifications:
         out_console.print(table)
     if res.reward is not None:

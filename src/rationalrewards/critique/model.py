@@ -22,7 +22,14 @@ from typing import Any, Literal, TypeVar
 
 from ..backends import Backend, SamplingParams, backend_from_options
 from ..images import DEFAULT_MAX_PIXELS, ImageInputError, PreparedImage, load_image
-from .aggregate import Aggregation, combine_orders, decide_by_rewards, flip, get_aggregation, reward_from_scores
+from .aggregate import (
+    Aggregation,
+    combine_orders,
+    decide_by_rewards,
+    flip,
+    get_aggregation,
+    reward_from_scores,
+)
 from .dimensions import keys_for
 from .parser import parse_comparison, parse_critique
 from .prompts import Mode, PromptInputError, TemplateSet, build_messages, resolve_templates
@@ -220,7 +227,7 @@ class RewardModel:
             return failed_critique(task, "input", str(exc), id=id)
         params = sampling or self.sampling
         if scores_only:
-            params = params.replace(stop=tuple(params.stop or ()) + (REFINEMENT_MARKER,))
+            params = params.replace(stop=(*tuple(params.stop or ()), REFINEMENT_MARKER))
         gen = await self._chat(messages, params)
         usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                       latency_s=gen.latency_s, cached=gen.cached)

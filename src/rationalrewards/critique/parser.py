@@ -70,7 +70,9 @@ _SECTION = re.compile(
     re.IGNORECASE,
 )
 
-_NA = re.compile(r"^(?:n\s*/\s*a|n\.a\.?|na|none|null|not\s+applicable|nan|-+|—)(?:\b|$)", re.IGNORECASE)
+_NA = re.compile(
+    r"^(?:n\s*/\s*a|n\.a\.?|na|none|null|not\s+applicable|nan|(?:-+|—)(?!\s*[\d.]))(?:\b|$)", re.IGNORECASE
+)
 _NUMBER = re.compile(
     r"^(?:level\s*|about\s*|approx(?:imately|\.)?\s*|around\s*|~|≈)?\s*"
     r"(?P<value>[+-]?\d+(?:[.,]\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?",
@@ -112,7 +114,7 @@ def parse_winner(text: str) -> tuple[Winner | None, bool]:
         return None, False
     if _NA.match(s):
         return None, True
-    if "tie" in s or s.startswith(("equal", "both", "neither", "same")):
+    if re.search(r"\btie\b", s) or s.startswith(("equal", "both", "neither", "same")):
         return "tie", True
     m = re.match(r"^(?:image|edited\s+image|generated\s+image|edit|output|response)?\s*([ab])\b", s)
     if m:
@@ -157,16 +159,23 @@ def _match_dimension(line: str, allowed: set[str]) -> tuple[str, str] | None:
         if not m:
             continue
         rest = m.group("rest").strip()
-        decorated = bool(m.group("num") or m.group("hashes") or "**" in line or "__" in line)
+        strong = bool(m.group("hashes") or "**" in line or "__" in line)
+        decorated = strong or bool(m.group("num"))
         if rest and not decorated:
             # "Text rendering: the sign reads OPEN" is prose, not a header.
             continue
         if not decorated and not m.group("colon"):
             continue
-        if rest and not (_FIELD.match(rest) or decorated):
+        if rest and not strong and not _FIELD.match(rest) and not _is_score_like(rest):
+            # "3. Text rendering: not needed here." inside a justification's checklist.
             continue
         return (key if key in allowed else f"!{key}"), rest
     return None
+
+
+def _is_score_like(text: str) -> bool:
+    cell = re.sub(r"[*_`\[\]]", "", text).strip()
+    return bool(_NA.match(cell) or re.match(r"^[~≈]?\s*\d+(?:[.,]\d+)?\s*(?:/\s*\d+)?\s*$", cell))
 
 
 def _split(lines: list[str], allowed: set[str]) -> tuple[dict[str, _Section], dict[str, list[str]], list[str]]:
@@ -187,8 +196,8 @@ def _split(lines: list[str], allowed: set[str]) -> tuple[dict[str, _Section], di
         if dim is not None:
             key, rest = dim
             seen_dim = True
-            if key.startswith("!") or key in dims:
-                current = None  # unexpected or repeated dimension: ignore its body
+            if key.startswith("!") or (key in dims and _has_score(dims[key])):
+                current = None  # unexpected dimension, or a repeat of a scored one: ignore it
                 continue
             dims[key] = _Section(key, [rest] if rest else [])
             current = dims[key].lines
@@ -198,10 +207,9 @@ def _split(lines: list[str], allowed: set[str]) -> tuple[dict[str, _Section], di
             name = re.sub(r"\s+", " ", top.group("name").lower())
             if name.startswith("refined"):
                 name = "refined request"
-            if name in ("user request analysis", "detailed judgement", "detailed judgment"):
-                if not seen_dim:
-                    current = None
-                    continue
+            if name in ("user request analysis", "detailed judgement", "detailed judgment") and not seen_dim:
+                current = None
+                continue
             tops.setdefault(name, [])
             rest = top.group("rest").strip()
             current = tops[name]
@@ -213,6 +221,11 @@ def _split(lines: list[str], allowed: set[str]) -> tuple[dict[str, _Section], di
         elif not seen_dim:
             preface.append(line)
     return dims, tops, preface
+
+
+def _has_score(section: _Section) -> bool:
+    f = _fields(section)
+    return any(x is not None for x in (f.score, f.score_a, f.score_b))
 
 
 def _fields(section: _Section) -> _Fields:
@@ -313,10 +326,8 @@ def parse_critique(
             problems.append(f"{d.header}: pairwise scores (Score A/B) in a pointwise critique")
             continue
         cell = f.score
-        if cell is None and f.loose:
-            # "3. Text Rendering: N/A" with no field lines at all.
-            if _NA.match(re.sub(r"[*_`\[\]]", "", f.loose[0]).strip()):
-                cell = f.loose[0]
+        if cell is None and f.loose and _NA.match(re.sub(r"[*_`\[\]]", "", f.loose[0]).strip()):
+            cell = f.loose[0]  # "3. Text Rendering: N/A" with no field lines at all
         if cell is None:
             problems.append(f"{d.header}: no score")
             continue

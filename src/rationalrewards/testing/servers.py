@@ -38,7 +38,8 @@ _HOST = "127.0.0.1"
 
 # Run the CLI through the current interpreter rather than a `transformers` script found on PATH,
 # so the server sees exactly the caller's environment (the project venv in tests).
-_CLI = "import sys; from transformers.cli.transformers import main; sys.exit(main())"
+# argv[0] is set so that usage errors read "transformers serve ..." rather than "-c serve ...".
+_CLI = "import sys; sys.argv[0] = 'transformers'; from transformers.cli.transformers import main; sys.exit(main())"
 
 
 class ServeProcess(subprocess.Popen):  # type: ignore[type-arg]

@@ -53,6 +53,7 @@ _REQUIRED_FILES = (
     "model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
+    "processor_config.json",
     "chat_template.jinja",
 )
 
@@ -569,12 +570,7 @@ def build_tiny_qwen3vl(
     )
     if not overwrite and _is_complete_build(path, params):
         return path
-    if (
-        not overwrite
-        and path.is_dir()
-        and any(path.iterdir())
-        and not (path / BUILD_MARKER).is_file()
-    ):
+    if not overwrite and path.is_dir() and any(path.iterdir()) and not (path / BUILD_MARKER).is_file():
         raise FileExistsError(
             f"{path} is not empty and was not built by build_tiny_qwen3vl; pass overwrite=True to replace it"
         )

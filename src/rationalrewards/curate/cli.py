@@ -1,0 +1,135 @@
+"""``rationalrewards curate``: a thin layer over :func:`rationalrewards.curate.curate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..cli.common import (
+    EXIT_BACKEND,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_PARSE,
+    AggregationOpt,
+    ApiKeyOpt,
+    BaseUrlOpt,
+    BatchSizeOpt,
+    CacheOpt,
+    ConcurrencyOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    RetriesOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TemplatesOpt,
+    TimeoutOpt,
+    backend_options,
+    emit_json,
+    err_console,
+    fail,
+    make_reward_model,
+    out_console,
+    progress_bar,
+)
+
+
+def curate_command(
+    input: Annotated[Path, typer.Option("--input", help="JSONL ({id, prompt, image, source?}), Parquet, a `datasets` "
+                                        "folder, a Parquet folder, or a folder of images.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (reusing it resumes and re-splits).")],
+    min_reward: Annotated[float | None, typer.Option("--min-reward", min=0.0, max=1.0,
+                                                     help="Keep items with reward >= X.")] = None,
+    min_score: Annotated[list[str] | None, typer.Option("--min", help="DIM=VALUE: keep items with that dimension's "
+                                                        "score >= VALUE (repeatable; N/A passes).")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Image folder: JSONL/CSV/TXT mapping file name "
+                                                 "-> prompt.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split of a `datasets` / Parquet folder.")] = None,
+    id_column: Annotated[str, typer.Option("--id-column")] = "id",
+    prompt_column: Annotated[str, typer.Option("--prompt-column")] = "prompt",
+    image_column: Annotated[str, typer.Option("--image-column")] = "image",
+    source_column: Annotated[str, typer.Option("--source-column")] = "source",
+    report_examples: Annotated[int, typer.Option("--report-examples", min=0,
+                                                 help="Lowest-reward examples shown in report.html.")] = 20,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop critiques before the refinement tail.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any critique failed.")] = False,
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    api_key: ApiKeyOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    timeout: TimeoutOpt = 300.0,
+    max_retries: RetriesOpt = 4,
+    temperature: TemperatureOpt = 0.1,
+    max_tokens: MaxTokensOpt = 4096,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSizeOpt = 8,
+    max_pixels: MaxPixelsOpt = 802_816,
+    cache: CacheOpt = None,
+    templates: TemplatesOpt = None,
+    aggregation: AggregationOpt = "default",
+    json_out: JsonOpt = False,
+) -> None:
+    """Critique a dataset and split it into kept / rejected sets with the reason for each item.
+
+    Writes OUT/kept.jsonl, OUT/rejected.jsonl, OUT/critiques.jsonl (the resumable cache),
+    OUT/summary.json, OUT/plots/*.png and OUT/report.html. Without a backend, only cached critiques
+    are used (re-split with new thresholds).
+    """
+    from ..io import InputFileError
+    from .pipeline import JudgeRequired, curate
+    from .sources import Columns, open_items
+    from .thresholds import Thresholds
+
+    try:
+        thresholds = Thresholds.from_specs(min_reward, min_score or ())
+        columns = Columns(id=id_column, prompt=prompt_column, image=image_column, source=source_column)
+        source = open_items(input, prompts=prompts, columns=columns, split=split)
+        total = len(source)
+    except (ValueError, InputFileError) as exc:
+        fail(str(exc), EXIT_INPUT)
+    rm: Any = None
+    if base_url or model:
+        opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
+                               seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
+        rm = make_reward_model(opts)
+    err_console.print(f"{total} items from {input} -> {out}")
+    with progress_bar("curate", total) as advance:
+        try:
+            result = curate(source, out, reward_model=rm, thresholds=thresholds, concurrency=concurrency,
+                            scores_only=scores_only, report_examples=report_examples, on_progress=advance)
+        except (InputFileError, JudgeRequired) as exc:
+            fail(str(exc), EXIT_INPUT)
+    summary = result.summary
+    stats = summary["stats"]
+    if json_out:
+        emit_json(summary)
+    else:
+        run = summary["run"]
+        out_console.print(
+            f"[bold]{stats['n']} items[/]: [green]{stats['n_kept']} kept[/], [red]{stats['n_rejected']} rejected[/]"
+            f" ({stats['n_failed']} failed critiques)", highlight=False)
+        out_console.print(f"this run: {run['critiqued']} critiqued, {run['cached']} from cache"
+                          + (f", {run['stale']} re-critiqued (input changed)" if run["stale"] else ""), highlight=False)
+        if stats["rejections_by_check"]:
+            out_console.print("rejections by check: " + ", ".join(f"{k} {v}" for k, v in
+                                                                 sorted(stats["rejections_by_check"].items())))
+        out_console.print(f"-> {out / 'kept.jsonl'}, {out / 'rejected.jsonl'}, {out / 'report.html'}", highlight=False)
+    failures = stats["failures_by_kind"]
+    if failures.get("input") or failures.get("parse") or failures.get("backend"):
+        err_console.print("failed critiques are in rejected.jsonl with their reason; rerun to retry them")
+    if strict and stats["n_failed"]:
+        code = EXIT_BACKEND if failures.get("backend") else EXIT_PARSE if failures.get("parse") else EXIT_INPUT
+        raise typer.Exit(code)
+    raise typer.Exit(EXIT_OK)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``curate`` to the ``rationalrewards`` command line."""
+    app.command("curate")(curate_command)

@@ -1,0 +1,91 @@
+"""Request and response bodies of the reward server (the JSON contract of ``rationalrewards serve``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..critique.schema import CompareResult, CritiqueResult
+
+ImageField = Field(
+    description="The image bytes as plain base64 or a data: URL (data:image/png;base64,...). "
+    "URLs and file paths are refused: the server never fetches or opens them."
+)
+
+
+class RewardItem(BaseModel):
+    """One image (t2i) or one edit (with ``source``) to critique."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, description="Echoed back as the result's id.")
+    prompt: str = Field(description="The generation prompt, or the edit instruction.")
+    image: str = ImageField
+    source: str | list[str] | None = Field(
+        default=None, description="Source image(s) of an edit (base64 or data: URL); absent for t2i."
+    )
+
+
+class RewardRequest(BaseModel):
+    """``POST /v1/reward``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[RewardItem]
+    scores_only: bool | None = Field(
+        default=None,
+        description="Stop the judge before the refinement tail (fewer decode tokens, no refined_request). "
+        "Default: the server's --scores-only setting.",
+    )
+
+
+class CompareItem(BaseModel):
+    """Two images (or two edits of the same source) to compare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    prompt: str
+    image_a: str = ImageField
+    image_b: str = ImageField
+    source: str | list[str] | None = None
+
+
+class CompareRequest(BaseModel):
+    """``POST /v1/compare``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[CompareItem]
+    mode: Literal["pairwise", "pointwise"] = "pairwise"
+    swap: bool = Field(default=False, description="Also judge B-vs-A; a verdict that flips becomes a tie.")
+    tie_tolerance: float | None = Field(default=None, ge=0.0)
+
+
+class RewardResponse(BaseModel):
+    """Critique results, in the order of the request's items."""
+
+    results: list[CritiqueResult]
+
+
+class CompareResponse(BaseModel):
+    """Comparison results, in the order of the request's items."""
+
+    results: list[CompareResult]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="What was wrong, naming the field or limit.")
+    kind: str = Field(description="auth | too_large | too_many_images | bad_json | bad_image | invalid | server_error")
+    details: list[dict[str, Any]] = Field(default_factory=list, description="Per-field problems (loc, msg).")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    model: dict[str, Any]
+    limits: dict[str, Any]
+    in_flight_requests: int
