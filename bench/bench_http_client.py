@@ -104,14 +104,28 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--distinct-images", type=int, default=32)
+    ap.add_argument("--format", choices=["png", "jpeg"], default="png",
+                    help="png: ~250 KB lossless noisy gradient; jpeg: the same pictures at quality 90 (~40 KB)")
     args = ap.parse_args()
     pngs = [make_png(i) for i in range(args.distinct_images)]
+    if args.format == "jpeg":
+        import io
+
+        from PIL import Image
+
+        def to_jpeg(data: bytes) -> bytes:
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(data)).save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
+
+        pngs = [to_jpeg(p) for p in pngs]
     proc, url = start_server(args.latency)
     try:
         result = asyncio.run(run(args.requests, args.concurrency, url, pngs))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    result["image_format"] = args.format
     result["image_bytes_avg"] = sum(map(len, pngs)) // len(pngs)
     for k, v in result.items():
         print(f"{k:>28}: {v}")

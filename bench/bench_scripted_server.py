@@ -240,11 +240,13 @@ def main() -> int:
             proc.wait(timeout=10)
 
     rps = args.requests / elapsed
+    # Other work on this machine skews every number below: print it alongside.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ideal = args.concurrency / args.latency_s
     lat = sorted(latencies)
     mb = sum(sizes) / len(sizes) * args.requests / 1e6
     print(f"client={args.client} clients={args.clients if args.client != 'raw' else '-'} "
-          f"server={'in-thread' if args.in_thread else 'subprocess'}")
+          f"server={'in-thread' if args.in_thread else 'subprocess'} cpus={os.cpu_count()} loadavg_1m={load:.2f}")
     print(f"requests={args.requests} concurrency={args.concurrency} latency_s={args.latency_s} "
           f"failures={failures} body_MB_total={mb:.0f}")
     print(f"elapsed={elapsed:.2f}s throughput={rps:.0f} req/s ideal={ideal:.0f} req/s ratio={rps / ideal:.3f}")

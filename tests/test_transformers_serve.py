@@ -114,3 +114,22 @@ def test_startup_failure_reports_log(tiny_path: pathlib.Path) -> None:
     # "server died during startup" path, which a broken checkpoint would take too.
     with pytest.raises(RuntimeError, match=r"exited with code 2(.|\n)*no-such-flag"):
         start_transformers_serve(tiny_path, extra_args=["--no-such-flag"])
+
+
+def test_reward_model_talks_to_a_real_openai_compatible_server(server: ServeProcess, tmp_path: pathlib.Path) -> None:
+    """Our HTTP backend end to end against `transformers serve`: the tiny model's noise comes back
+    as an honest parse failure with the raw text, and a pairwise call goes through too."""
+    from rationalrewards import RewardModel
+    from rationalrewards.backends import SamplingParams
+
+    img = tmp_path / "ball.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    rm = RewardModel.from_openai(server.base_url, server.model, sampling=SamplingParams(max_tokens=12))
+    assert rm.ready(timeout=30)
+    res = rm.critique("a red ball", img)
+    pair = rm.compare("a red ball", img, img)
+    rm.close()
+    assert res.error_kind == "parse" and not res.ok and res.reward is None
+    assert res.raw and res.usage.completion_tokens >= 1
+    assert pair.error_kind == "parse" and pair.winner is None
+    assert pair.usage.prompt_tokens > 0 and pair.usage.completion_tokens >= 1

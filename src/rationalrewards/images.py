@@ -210,6 +210,18 @@ def load_image(
                     # without inflating the pixels; they are decoded later only if needed.
                     Image.open(io.BytesIO(data)).verify()
                     return PreparedImage(data, "image/png", label, (w, h))
+                if (
+                    fmt == "JPEG"
+                    and img.mode == "RGB"
+                    and (max_pixels is None or w * h <= max_pixels)
+                    and not _has_rotation(img)
+                ):
+                    # Decoding at 1/8 scale reads the whole stream (so truncation still fails)
+                    # for a fraction of the cost; full pixels are decoded later only if needed.
+                    probe = Image.open(io.BytesIO(data))
+                    probe.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                    probe.load()
+                    return PreparedImage(data, "image/jpeg", label, (w, h))
                 img.load()
         except ImageInputError:
             raise

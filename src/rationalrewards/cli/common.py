@@ -170,3 +170,84 @@ def resolve_relative(value: Any, base: Path) -> Any:
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else base / p)
     return value
+
+
+# -- one declaration of the backend options for every command ----------------------------------
+# (name, annotation, default, flag, help). The defaults are the CLI's; a command may override them.
+_BACKEND_FIELDS: tuple[tuple[str, Any, Any, str, str], ...] = (
+    ("base_url", list[str] | None, None, "base-url",
+     "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (repeat to balance over several)."),
+    ("model", str | None, None, "model",
+     "Served model name with --base-url; otherwise a local folder or HF id run in process."),
+    ("api_key", str | None, None, "api-key", "Bearer key (default: $OPENAI_API_KEY)."),
+    ("concurrency", int, 16, "concurrency", "Requests in flight at once."),
+    ("timeout", float, 300.0, "timeout", "Seconds per request attempt."),
+    ("max_retries", int, 4, "max-retries", "Retries on 429/5xx/timeouts."),
+    ("temperature", float, 0.1, "temperature", "Sampling temperature."),
+    ("max_tokens", int, 4096, "max-tokens", "Most tokens generated per answer."),
+    ("seed", int | None, None, "seed", "Sampling seed."),
+    ("device", str, "auto", "device", "In-process only: auto, cpu, cuda, cuda:N, mps."),
+    ("dtype", str, "auto", "dtype", "In-process only: auto, bfloat16, float16, float32."),
+    ("batch_size", int, 8, "batch-size", "In-process only: conversations per generate()."),
+    ("max_pixels", int, 802_816, "max-pixels", "Downscale images to at most this many pixels."),
+    ("cache", Path | None, None, "cache", "Folder for the on-disk response cache (off by default)."),
+    ("templates", Path | None, None, "templates", "Folder with your own prompt template set."),
+    ("aggregation", str, "default", "aggregation", "default | release-edit-rl | release-pairwise | key=weight,..."),
+)
+
+
+def backend_command(
+    prefix: str = "",
+    *,
+    dest: str = "backend",
+    required: bool = True,
+    defaults: dict[str, Any] | None = None,
+    panel: str | None = None,
+) -> Any:
+    """Decorator: add the shared backend options to a typer command.
+
+    The command declares a parameter named ``dest`` (not shown on the command line); it receives
+    the options as a dict for :func:`make_reward_model`, or ``None`` when ``required=False`` and
+    neither ``--{prefix}base-url`` nor ``--{prefix}model`` was given. ``prefix="teacher-"`` gives
+    ``--teacher-base-url``, ``--teacher-model``, ... for commands that use two models.
+    """
+    import functools
+    import inspect
+
+    overrides = defaults or {}
+    pyprefix = prefix.replace("-", "_")
+    rich_panel = panel or (f"{prefix.rstrip('-').capitalize()} model" if prefix else "Model backend")
+
+    def deco(fn: Any) -> Any:
+        sig = inspect.signature(fn, eval_str=True)
+        if dest not in sig.parameters:
+            raise TypeError(f"{fn.__name__} must declare a '{dest}' parameter for backend_command")
+        kept = [p for p in sig.parameters.values() if p.name != dest]
+        added = []
+        for name, ann, default, flag, help_text in _BACKEND_FIELDS:
+            option = typer.Option(f"--{prefix}{flag}", help=help_text, rich_help_panel=rich_panel)
+            added.append(inspect.Parameter(
+                f"{pyprefix}{name}", inspect.Parameter.KEYWORD_ONLY,
+                default=overrides.get(name, default), annotation=Annotated[ann, option],
+            ))
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p
+                  for p in kept] + added
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(f"{pyprefix}{name}") for name, *_ in _BACKEND_FIELDS}
+            if not values["base_url"] and not values["model"]:
+                if required:
+                    fail(f"choose a backend: --{prefix}base-url URL (with --{prefix}model NAME) "
+                         f"or --{prefix}model PATH_OR_HF_ID", EXIT_INPUT)
+                kwargs[dest] = None
+            else:
+                kwargs[dest] = backend_options(**values, prefix=prefix)
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must see the new signature, not the original
+        return wrapper
+
+    return deco

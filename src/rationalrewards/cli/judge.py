@@ -13,23 +13,8 @@ from .common import (
     EXIT_INPUT,
     EXIT_OK,
     AggregationOpt,
-    ApiKeyOpt,
-    BaseUrlOpt,
-    BatchSizeOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
-    MaxPixelsOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    RetriesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TemplatesOpt,
-    TimeoutOpt,
-    backend_options,
+    backend_command,
     emit_json,
     err_console,
     exit_code_for,
@@ -145,6 +130,7 @@ def _batch(
     return EXIT_OK
 
 
+@backend_command()
 def critique(
     prompt: Annotated[str | None, typer.Option("--prompt", help="The generation request / edit instruction.")] = None,
     image: Annotated[Path | None, typer.Option("--image", help="The generated or edited image.")] = None,
@@ -153,35 +139,19 @@ def critique(
     output: Annotated[Path | None, typer.Option("--output", help="Batch: results JSONL (resumes if present).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Batch: exit non-zero if any item failed.")] = False,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop before the refinement tail.")] = False,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
     json_out: JsonOpt = False,
+    backend: dict[str, Any] | None = None,
 ) -> None:
     """Critique one image (t2i) or one edit (with --source), or a JSONL batch."""
     if input is None and (prompt is None or image is None):
         fail("give --prompt and --image, or --input FILE --output FILE for a batch", EXIT_INPUT)
     if input is not None and output is None:
         fail("--input needs --output", EXIT_INPUT)
-    opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
-                           seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-    rm = make_reward_model(opts)
+    assert backend is not None
+    rm = make_reward_model(backend)
     if input is not None:
         assert output is not None
-        raise typer.Exit(_batch("critique", input, output, rm, concurrency, json_out, strict))
+        raise typer.Exit(_batch("critique", input, output, rm, backend["concurrency"], json_out, strict))
     assert prompt is not None and image is not None
     try:
         res = rm.critique(prompt, str(image), [str(s) for s in source] if source else None, scores_only=scores_only)
@@ -194,6 +164,7 @@ def critique(
     raise typer.Exit(exit_code_for(res))
 
 
+@backend_command()
 def compare(
     prompt: Annotated[str | None, typer.Option("--prompt")] = None,
     image_a: Annotated[Path | None, typer.Option("--image-a")] = None,
@@ -205,23 +176,8 @@ def compare(
     input: Annotated[Path | None, typer.Option("--input", help="Batch: JSONL of {id, prompt, image_a, image_b, source?}.")] = None,
     output: Annotated[Path | None, typer.Option("--output")] = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
     json_out: JsonOpt = False,
+    backend: dict[str, Any] | None = None,
 ) -> None:
     """Compare two images (or two edits of --source), or a JSONL batch of pairs."""
     if mode not in ("pairwise", "pointwise"):
@@ -230,13 +186,12 @@ def compare(
         fail("give --prompt, --image-a and --image-b, or --input FILE --output FILE", EXIT_INPUT)
     if input is not None and output is None:
         fail("--input needs --output", EXIT_INPUT)
-    opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
-                           seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-    rm = make_reward_model(opts)
+    assert backend is not None
+    rm = make_reward_model(backend)
     kwargs = {"mode": mode, "swap": swap, "tie_tolerance": tie_tolerance}
     if input is not None:
         assert output is not None
-        raise typer.Exit(_batch("compare", input, output, rm, concurrency, json_out, strict, **kwargs))
+        raise typer.Exit(_batch("compare", input, output, rm, backend["concurrency"], json_out, strict, **kwargs))
     assert prompt is not None and image_a is not None and image_b is not None
     try:
         res = rm.compare(prompt, str(image_a), str(image_b), [str(s) for s in source] if source else None, **kwargs)

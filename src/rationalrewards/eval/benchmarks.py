@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,8 @@ from .labels import Label, label_repr, normalize_label, parse_ranking
 from .sources import Row
 
 Task = Literal["t2i", "edit"]
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 ID_COLUMNS = ("id", "pair_id", "uid", "question_id", "key", "sample_id")
 CATEGORY_COLUMNS = ("category", "subcategory", "sub_category", "task_type", "edit_type", "subtask", "type")
 
@@ -147,11 +150,15 @@ def image_cell(value: Any) -> Any:
                 return base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
                 return text  # the loader reports it with its own message
-        if len(text) > 256 and "/" not in text[:64] and "." not in text[:64]:
+        if len(text) > 64 and _BASE64.fullmatch(text):
+            # A long run of the base64 alphabet that decodes to image magic bytes is an inline
+            # image; anything else stays a path (and the loader names it if it is missing).
             try:
-                return base64.b64decode(text, validate=True)
+                raw = base64.b64decode("".join(text.split()), validate=True)
             except (binascii.Error, ValueError):
                 return text
+            if raw.startswith(_IMAGE_MAGIC):
+                return raw
         return text
     return value
 

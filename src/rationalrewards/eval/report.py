@@ -221,7 +221,26 @@ def compute_report(ev: Evaluation, rows: dict[str, dict[str, Any]], *, bootstrap
     from .. import __version__
 
     report["rationalrewards_version"] = __version__
+    if groups:
+        report["by_k"] = _by_k(ev.known, protos)
     return report, records, protos
+
+
+def _by_k(items: Sequence[PairItem], protos: dict[str, ProtocolResult]) -> dict[str, dict[str, Any]]:
+    """K-way benchmarks: group accuracy per K (the published numbers are per K)."""
+    k_of = {it.group: it.meta.get("k") for it in items if it.group is not None}
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("group_tie_calibrated", "group"):
+        for u in protos[name].units:
+            entry = out.setdefault(f"K={k_of.get(u.key) or '?'}", {"groups": 0})
+            if name == "group_tie_calibrated":
+                entry["groups"] += 1
+            entry.setdefault(f"_{name}", []).append(u.correct)
+    for entry in out.values():
+        for name in ("group_tie_calibrated", "group"):
+            vals = entry.pop(f"_{name}", [])
+            entry[name] = sum(vals) / len(vals) if vals else None
+    return dict(sorted(out.items()))
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -326,7 +345,7 @@ def render_markdown(report: dict[str, Any], *, exclude_failed: bool = False) -> 
               for k, v in report["dimensions"].items()]
     unk = report["labels"]["unknown"]
     if unk["n"]:
-        lines += ["", "## Unknown labels", "", f"{unk['n']} rows had labels that were not understood and were not "
+        lines += ["", "## Unknown labels", "", f"{unk['n']} row(s) had labels that were not understood and were not "
                   f"judged: {json.dumps(unk['values'])} (ids: {', '.join(unk['ids'][:20])}"
                   + (", ..." if unk["n"] > 20 else "") + ")"]
     t, tok = report["throughput"], report["tokens"]

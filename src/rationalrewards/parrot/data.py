@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +332,7 @@ class ImageStore:
         dest = self.root / rel
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(img.data)
             # Same content, same name: a concurrent writer can only produce identical bytes.
             os.replace(tmp, dest)
@@ -342,18 +343,18 @@ class ImageStore:
         return f"images/{sha[:2]}/{sha}.{self._EXT.get(img.mime, 'png')}"
 
     def open(self, rel: str) -> PreparedImage:
-        """A stored image as a :class:`PreparedImage` without decoding its pixels."""
+        """A stored image as a :class:`PreparedImage`; pixels are decoded only if a local
+        backend asks for them (an HTTP teacher only needs the bytes)."""
+        import io
+
         from PIL import Image
 
         path = self.root / rel
         data = path.read_bytes()
-        sha = Path(rel).stem
         mime = {v: k for k, v in self._EXT.items()}.get(Path(rel).suffix.lstrip("."), "image/png")
-        import io
-
-        # Image.open only reads the header; the pixels are decoded only if a local backend needs them.
-        pil = Image.open(io.BytesIO(data))
-        return PreparedImage(pil, data, mime, str(path), pil.size, _sha256=sha)
+        with Image.open(io.BytesIO(data)) as head:  # reads the header only
+            size = head.size
+        return PreparedImage(data, mime, str(path), size, _sha256=Path(rel).stem)
 
 
 def normalise_row(row: dict[str, Any], cmap: ColumnMap, store: ImageStore, base: Path, pid: str) -> Pair:
@@ -390,6 +391,8 @@ def normalise_row(row: dict[str, Any], cmap: ColumnMap, store: ImageStore, base:
         srcs = [store.put(s, base, f"source[{i}]" if len(sources) > 1 else "source") for i, s in enumerate(sources)]
     except ImageInputError as exc:
         raise PairError("image", str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise PairError("image", f"unusable image cell: {exc}") from None
     category = cmap.get(row, "category")
     return Pair(id=pid, task=task, prompt=prompt, image_a=a, image_b=b, label=label, source=srcs,
                 category=None if _is_empty(category) else str(category))

@@ -72,4 +72,29 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "CallableGenerator",
+    "DiffusersGenerator",
+    "Generator",
+    "GeneratorError",
+    "GeneratorInputError",
+    "OpenAIImagesGenerator",
+    "RefineConfig",
+    "RefineInputError",
+    "RefineLoop",
+    "Refiner",
+    "Trajectory",
+    "anchor_request",
+    "arefine",
+    "arefine_batch",
+    "available_generators",
+    "generator_from_spec",
+    "intent_overlap",
+    "load_trajectory",
+    "read_items",
+    "refine",
+    "refine_batch",
+    "register_generator",
+    "summarize",
+    "write_report",
+]

@@ -203,7 +203,7 @@ class DiffusersGenerator(Generator):
                     raise GeneratorInputError(f"diffusers pipeline folder not found: {self.model}")
                 try:
                     pipe = DiffusionPipeline.from_pretrained(
-                        str(local) if local.exists() else self.model, torch_dtype=dtype, **self.load_kwargs
+                        str(local) if local.exists() else self.model, **{_dtype_keyword(): dtype}, **self.load_kwargs
                     )
                 except Exception as exc:
                     raise GeneratorError(f"could not load diffusers pipeline {self.model!r}: {type(exc).__name__}: {exc}") from exc
@@ -276,6 +276,15 @@ class DiffusersGenerator(Generator):
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _dtype_keyword() -> str:
+    """``dtype`` on diffusers that renamed it (``torch_dtype`` then warns), else ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 # ------------------------------------------------------------------------------------------------

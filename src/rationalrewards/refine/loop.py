@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 
 from ..images import ImageInputError, load_image
-from .generators import Generator, GeneratorError, generator_from_spec
+from .generators import Generator, GeneratorError, GeneratorInputError, generator_from_spec
 from .refiner import Refiner, clean_request, guard_request
 from .trajectory import (
     TRAJECTORY_FILE,
@@ -241,13 +241,15 @@ class RefineLoop:
             if traj.error is None and cfg.baseline and not cfg.best_of_n:
                 await self._baseline(traj, item)
         finally:
+            # Some details (e.g. the pipeline class) are known only once the generator has loaded.
+            now = self.generator.describe()
+            traj.generator = {**now, **{k: v for k, v in traj.generator.items() if now.get(k) is None}}
             traj.save(out)
             await asyncio.to_thread(_write_report, traj, out)
         return traj
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _loop(self, traj: Trajectory, item: _Item) -> None:
-        cfg = self.config
         traj.finished = False
         while True:
             reason = self._stop_reason(traj)
@@ -270,7 +272,7 @@ class RefineLoop:
                 try:
                     images = await self._generate(plan.request, item.source_arg, plan.seeds)
                 except GeneratorError as exc:
-                    traj.error, traj.error_kind = str(exc), "generator"
+                    traj.error, traj.error_kind = str(exc), _generator_error_kind(exc)
                     return
                 names = await asyncio.to_thread(_save_images, images, item.out, f"round_{r:02d}")
                 traj.usage.generator_calls += len(images)
@@ -468,7 +470,7 @@ class RefineLoop:
             try:
                 images = await self._generate(traj.prompt, item.source_arg, seeds)
             except GeneratorError as exc:
-                traj.error, traj.error_kind = f"baseline: {exc}", "generator"
+                traj.error, traj.error_kind = f"baseline: {exc}", _generator_error_kind(exc)
                 return
             names = await asyncio.to_thread(_save_images, images, item.out, "baseline", start)
             base.generator_calls += len(images)
@@ -508,6 +510,10 @@ class RefineLoop:
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
+
+
+def _generator_error_kind(exc: GeneratorError) -> str:
+    return "input" if isinstance(exc, GeneratorInputError) else "generator"
 
 
 def _drift(guarded: Any, origin: str) -> dict[str, Any]:

@@ -386,10 +386,10 @@ class ScriptedServer:
         record: bool = True,
         image_responder: ImageResponder | None = None,
     ) -> None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in ("127.0.0.1", "localhost"):
             # A scripted server must never be reachable from outside the machine.
             raise ValueError(f"ScriptedServer binds loopback only, not {host!r}")
-        self.host = "127.0.0.1" if host == "localhost" else host
+        self.host = "127.0.0.1"
         self._requested_port = port
         self.model_name = model_name
         self.latency_s = float(latency_s)
@@ -406,6 +406,7 @@ class ScriptedServer:
         self._total_requests = 0
         self._completion_ids = itertools.count(1)
         self._thread: threading.Thread | None = None
+        self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None
@@ -436,16 +437,25 @@ class ScriptedServer:
         Safe to call twice. In-flight requests (e.g. sleeping on ``delay_s``) are cancelled and
         their clients see the connection close. When this returns the port is free.
         """
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            loop.call_soon_threadsafe(loop.stop)
+        with self._lock:
+            thread, loop = self._thread, self._loop
+            if thread is None or loop is None:
+                return
+            # Only the first caller may stop the loop: a second loop.stop() landing while the
+            # thread runs _shutdown() would abort the shutdown half-way.
+            first = not self._stop_requested
+            self._stop_requested = True
+        if first:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError("ScriptedServer thread did not stop in time")
-        self._thread = None
-        self._loop = None
+        with self._lock:
+            if self._thread is thread:
+                self._thread = None
+                self._loop = None
+                self._stop_requested = False
 
     def __enter__(self) -> ScriptedServer:
         return self.start()
