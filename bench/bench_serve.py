@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def start(cmd: list[str], ready: str | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -172,11 +172,12 @@ def main() -> int:
         n_items = args.clients * args.requests * args.items
         ideal = args.clients * args.items / args.latency_s
         asyncio.run(run_clients(url, bodies[:1], 1, 1))  # warm-up: connections, first imports
-        cpu0 = proc_cpu_s(server.pid), proc_cpu_s(judge.pid)
+        cpu0 = proc_cpu_s(server.pid), proc_cpu_s(judge.pid), time.process_time()
         elapsed, lat, failed = asyncio.run(run_clients(url, bodies, args.clients, args.requests))
-        cpu1 = proc_cpu_s(server.pid), proc_cpu_s(judge.pid)
-        cpu = (f"   CPU: server {cpu1[0] - cpu0[0]:.1f}s ({(cpu1[0] - cpu0[0]) / elapsed:.0%} of a core), "
-               f"judge {cpu1[1] - cpu0[1]:.1f}s")
+        cpu1 = proc_cpu_s(server.pid), proc_cpu_s(judge.pid), time.process_time()
+        cpu = (f"\n{'':<22} CPU: server {cpu1[0] - cpu0[0]:.1f}s ({(cpu1[0] - cpu0[0]) / elapsed:.0%} of a core), "
+               f"judge {cpu1[1] - cpu0[1]:.1f}s, clients {cpu1[2] - cpu0[2]:.1f}s; "
+               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print()
         report("via reward server", elapsed, lat, failed, n_items, ideal, args.latency_s, cpu)
         stats = httpx.get(f"{url}/metrics").text

@@ -528,3 +528,24 @@ def test_hub_ids_go_through_datasets_with_the_pinned_revision(tmp_path, monkeypa
     assert calls == [("some-org/some-bench", {"name": None, "split": "test", "revision": "0123abc"})]
     assert report["data"]["revision"] == "0123abc" and report["data"]["pinned"] is True
     assert report["accuracy"] == 1.0
+
+
+def test_ctrl_c_saves_finished_items_and_exits_130(tmp_path):
+    data = pairs_jsonl(tmp_path, n=20, labels=["A"])
+    out = tmp_path / "run"
+    with ScriptedServer(colour_judge, latency_s=0.1) as server:
+        args = ["eval", "--benchmark", "pairs", "--data", str(data), "--out", str(out), "--base-url",
+                server.base_url, "--model", "judge", "--bootstrap", "0", "--concurrency", "2"]
+        proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        results = out / "results.jsonl"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (results.exists() and len(results.read_text().splitlines()) >= 4):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # a hang here is the bug this test guards against
+        assert proc.returncode == 130 and "rerun the same command to resume" in err
+        saved = [json.loads(x)["id"] for x in results.read_text().splitlines()]
+        assert 4 <= len(saved) < 20 and len(set(saved)) == len(saved)
+        again = cli(*args)
+        assert again.returncode == 0, again.stderr
+    assert len(results.read_text().splitlines()) == 20

@@ -202,12 +202,15 @@ async def test_best_of_n_mode_samples_the_original_request_with_fresh_seeds(tmp_
 async def test_equal_compute_baseline_reuses_round_zero_and_matches_the_loops_generations(tmp_path):
     with ScriptedServer(toy_critic()) as server:
         traj, gen = await run(server, tmp_path, RefineConfig(rounds=2, candidates=2, threshold=None, baseline=True))
+        scores_only = [r for r in chat_requests(server) if "# User Request Refinement" in (r.json.get("stop") or [])]
     base = traj.baseline
     assert base.finished and base.generations == traj.usage.generator_calls == 6
     assert base.reused_from_round0 == 2 and len(base.candidates) == 6
     assert [c.seed for c in base.candidates] == list(range(6))
     assert base.generator_calls == 4 and gen.images == 6 + 4
     assert all(r == PROMPT for r, _, _ in gen.calls[3:])
+    # Baseline images are never refined from, so their critiques stop before the refinement tail.
+    assert len(scores_only) == base.critic_calls == 4
     # Refinement beats sampling the unrefined request here: that is what the toy is built for.
     assert traj.best.reward > base.best.reward
 
@@ -221,8 +224,8 @@ async def test_a_separate_refiner_model_writes_the_next_request_from_the_critiqu
     with ScriptedServer(toy_critic(refined=lambda instr, v: "IGNORED")) as critic_server, \
             ScriptedServer(lambda req: "Sure.\nRefined request: a grey square, brighter") as refiner_server:
         refiner = Refiner(OpenAIBackend(refiner_server.base_url, "refiner", max_retries=0))
-        traj, gen = await run(critic_server, tmp_path, RefineConfig(rounds=1, candidates=1, threshold=None),
-                              refiner=refiner)
+        traj, _ = await run(critic_server, tmp_path, RefineConfig(rounds=1, candidates=1, threshold=None),
+                            refiner=refiner)
         await refiner.aclose()
         asked = refiner_server.requests[-1].text("user")
     assert traj.rounds[1].request == "a grey square, brighter" and traj.rounds[1].request_source == "refiner"
@@ -367,7 +370,7 @@ async def test_edit_items_send_the_source_to_generator_and_critic(tmp_path):
 
 async def test_trajectory_json_matches_the_contract_and_paths_are_relative(tmp_path):
     with ScriptedServer(toy_critic()) as server:
-        traj, _ = await run(server, tmp_path, RefineConfig(rounds=1, candidates=2, threshold=None))
+        await run(server, tmp_path, RefineConfig(rounds=1, candidates=2, threshold=None))
     out = tmp_path / "out"
     data = json.loads((out / "trajectory.json").read_text())
     assert data["prompt"] == PROMPT and data["ok"] is True
@@ -383,8 +386,7 @@ async def test_trajectory_json_matches_the_contract_and_paths_are_relative(tmp_p
 
 async def test_the_html_report_shows_every_round_side_by_side(tmp_path):
     with ScriptedServer(toy_critic(refined=lambda i, v: i + ", brighter <b>now</b>")) as server:
-        traj, _ = await run(server, tmp_path, RefineConfig(rounds=2, candidates=2, threshold=None, patience=None,
-                                                           baseline=True))
+        await run(server, tmp_path, RefineConfig(rounds=2, candidates=2, threshold=None, patience=None, baseline=True))
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("class='round") == 3
     assert html.count("data:image/jpeg;base64,") >= 6 + 6 + 1  # rounds, baseline, best

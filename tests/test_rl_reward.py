@@ -244,3 +244,18 @@ def test_in_process_tiny_model_scores_end_to_end(tiny_qwen3vl):
     assert batch.valid == [False] * 3
     assert batch.failure_kinds() == ["parse"] * 3
     assert all(math.isnan(r) for r in batch.rewards)
+
+
+def test_a_critique_without_any_weighted_score_is_a_failure_of_its_own_kind(server):
+    rm = reward_model(server)
+    batch = RationalReward(rm, weights="text_rendering=1")([grey(0.5)], ["p"])  # the judge says N/A
+    rm.close()
+    assert batch.critiques[0].ok and batch.valid == [False]
+    assert batch.failure_kinds() == ["no-score"] and "no-score" in batch.failure_reasons[0]
+
+
+def test_an_empty_batch_is_an_empty_result(server):
+    rm = reward_model(server)
+    batch = RationalReward(rm)([], [])
+    rm.close()
+    assert len(batch) == 0 and batch.rewards == [] and batch.stats()["n"] == 0

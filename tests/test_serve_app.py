@@ -131,6 +131,13 @@ async def test_a_body_over_the_limit_is_413(rm, judge_server):
     assert judge_server.chat_request_count == 0
 
 
+async def test_the_token_is_checked_before_the_body_is_read(rm):
+    app = create_app(rm, token=TOKEN, max_body_bytes=2000)
+    async with client_for(app) as client:
+        r = await client.post("/v1/reward", json={"items": [{"prompt": "p", "image": noise_b64(64)}]})
+    assert r.status_code == 401
+
+
 async def test_too_many_images_in_one_request_is_413(rm, judge_server):
     app = create_app(rm, max_images_per_request=3)
     img = png_b64(0.5)

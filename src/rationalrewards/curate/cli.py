@@ -78,9 +78,7 @@ def curate_command(
 ) -> None:
     """Critique a dataset and split it into kept / rejected sets with the reason for each item.
 
-    Writes OUT/kept.jsonl, OUT/rejected.jsonl, OUT/critiques.jsonl (the resumable cache),
-    OUT/summary.json, OUT/plots/*.png and OUT/report.html. Without a backend, only cached critiques
-    are used (re-split with new thresholds).
+    Writes OUT/kept.jsonl, OUT/rejected.jsonl, OUT/critiques.jsonl (the resumable cache), OUT/summary.json, OUT/plots/*.png and OUT/report.html. Without a backend only cached critiques are used: rerun with new thresholds to re-split without calling the judge.
     """
     from ..io import InputFileError
     from .pipeline import JudgeRequired, curate

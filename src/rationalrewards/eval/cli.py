@@ -124,6 +124,10 @@ def run(
                                  html_report=html, exclude_failed=exclude_failed, last_run=stats)
     except InputFileError as exc:
         fail(str(exc), EXIT_INPUT)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: finished items are saved in {out / 'results.jsonl'}; rerun the same "
+                          "command to resume", highlight=False)
+        raise typer.Exit(130) from None
     if stats.judged and stats.ok == 0:
         err_console.print("[bold red]warning:[/] every item judged in this run failed "
                           f"({stats.failed}); check the backend. Failed items are retried when rerun.", highlight=False)

@@ -80,6 +80,9 @@ class Unit:
     total: float
     # Calibrated protocols: the set of thresholds for which this unit is correct, [lo, hi).
     interval: tuple[float, float] | None = None
+    # Multi-judgement units: (correct, total) over the judgements that did not fail, so the
+    # excluding-failed view can skip single failed judgements (MMRB2's reference behaviour).
+    ok_part: tuple[float, float] | None = None
 
 
 @dataclass
@@ -196,11 +199,12 @@ def both_orders_acc(records: Sequence[Record], swap: bool) -> ProtocolResult:
         if r.label not in ("A", "B"):
             continue
         correct = sum(1.0 for o in r.orders if o.ok and o.winner == r.label)
-        units.append(Unit(r.id, r.category, r.failed, correct, float(n_orders)))
+        n_ok = float(sum(1 for o in r.orders if o.ok))
+        units.append(Unit(r.id, r.category, r.failed, correct, float(n_orders), ok_part=(correct, n_ok)))
     if swap:
         desc = ("MMRB2 protocol: each pair judged in both orders; the B-first verdict is mapped back (flipped) "
                 "and both judgements count; labels A/B only; a tie verdict is wrong; failed judgements count "
-                "as wrong (the reference script skips them; see excluding_failed).")
+                "as wrong (the reference script skips them: that is the excluding_failed view).")
     else:
         desc = ("Single-order judgements (run without --swap, so NOT the MMRB2 both-orders protocol); "
                 "labels A/B only; ties and failures wrong.")
@@ -256,8 +260,12 @@ def group_tie_calibrated_acc(records: Sequence[Record], margin_unit: str) -> Pro
 
 # -- derived views -----------------------------------------------------------------------------------
 def excluding_failed(p: ProtocolResult) -> dict[str, Any]:
-    """The same protocol over units without failures (a view, never the headline)."""
-    units = [Unit(u.key, u.category, u.failed, u.correct, u.total, u.interval) for u in p.units if not u.failed]
+    """The same protocol without failures (a view, never the headline): failed units are dropped,
+    or, for units of several judgements, only their failed judgements."""
+    if any(u.ok_part is not None for u in p.units):
+        units = [Unit(u.key, u.category, False, *u.ok_part) for u in p.units if u.ok_part and u.ok_part[1] > 0]
+    else:
+        units = [Unit(u.key, u.category, u.failed, u.correct, u.total, u.interval) for u in p.units if not u.failed]
     out: dict[str, Any] = {"units": len(units)}
     if p.calibrated:
         eps, correct, total = best_threshold(units)

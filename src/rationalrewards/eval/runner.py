@@ -101,6 +101,9 @@ class Evaluation:
         self.config, self.split, self.revision = config, split, revision
         self.log = log or (lambda _msg: None)
         self.source = source or open_source(data, config=config, split=split, revision=revision)
+        if self.source.description.startswith("hf://") and revision is None:
+            self.log("warning: hub dataset without --revision: the numbers cannot be reproduced exactly "
+                     "if the dataset changes (report.json marks data.pinned = false)")
         self.columns = self.source.columns
         self.bench.check_columns(self.columns, self.source.description)
         self.items: list[PairItem] = []
@@ -214,14 +217,39 @@ class Evaluation:
                         if item.id in remaining:
                             remaining.discard(item.id)
                             await queue.put(item)
-            finally:
-                for _ in range(workers):
-                    await queue.put(None)
+            except asyncio.CancelledError:
+                raise  # the workers are cancelled with us; waiting for queue space would hang
+            except BaseException:
+                await stop_workers()
+                raise
+            await stop_workers()
+
+        async def stop_workers() -> None:
+            for _ in range(workers):
+                await queue.put(None)
+
+        written: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def write() -> None:
+            # One writer: each row is appended and fsynced in a thread, in completion order, so
+            # the event loop never waits on the disk while requests are in flight. A failing
+            # callback must not stop results from being saved: its error is raised at the end.
+            callback_error: BaseException | None = None
+            while (row := await written.get()) is not None:
+                await asyncio.to_thread(store.append, row)
+                if on_result is not None and callback_error is None:
+                    try:
+                        res = on_result(row)
+                        if asyncio.iscoroutine(res):
+                            await res
+                    except Exception as exc:
+                        callback_error = exc
+            if callback_error is not None:
+                raise callback_error
 
         async def work() -> None:
             while (item := await queue.get()) is not None:
                 row = await self._judge(rm, item, aggregation)
-                store.append(row)
                 stats.judged += 1
                 stats.judgements += len(row["orders"])
                 stats.prompt_tokens += row["usage"]["prompt_tokens"]
@@ -231,15 +259,22 @@ class Evaluation:
                 else:
                     kind = row.get("error_kind") or "parse"
                     stats.failed[kind] = stats.failed.get(kind, 0) + 1
-                if on_result is not None:
-                    res = on_result(row)
-                    if asyncio.iscoroutine(res):
-                        await res
+                await written.put(row)
 
+        async def judge_all() -> list[Any]:
+            try:
+                return await asyncio.gather(produce(), *(work() for _ in range(workers)), return_exceptions=True)
+            finally:
+                await written.put(None)
+
+        writer = asyncio.create_task(write())
         try:
-            outcomes = await asyncio.gather(produce(), *(work() for _ in range(workers)), return_exceptions=True)
+            outcomes = await judge_all()
         finally:
+            # Even when cancelled (Ctrl-C), the rows already judged reach the file first.
+            writer_outcome = (await asyncio.gather(writer, return_exceptions=True))[0]
             store.finalize([i.id for i in self.items])
+        outcomes.append(writer_outcome)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         stats.wall_s = time.perf_counter() - t0
         _append_json_line(self.out / RUNS, {"started_at": started, "concurrency": workers, "model": model,

@@ -285,14 +285,14 @@ def draw_overlay(image: Image.Image, regions: list[Region], *, mask_alpha: int =
     """The image with each region's mask tinted, its box outlined and a label; same size as ``image``."""
     base = image.convert("RGBA")
     w, h = base.size
+    # All masks go into one tint layer (where masks overlap the later region wins), composited
+    # once: one full-image blend instead of one per region.
+    tint = Image.new("RGBA", base.size, (0, 0, 0, 0))
     for i, region in enumerate(regions):
-        if region.mask is None:
-            continue
-        colour = PALETTE[i % len(PALETTE)]
-        alpha = region.mask.convert("L").point(lambda v, a=mask_alpha: a if v >= 128 else 0)
-        tint = Image.new("RGBA", base.size, (*colour, 0))
-        tint.putalpha(alpha)
-        base = Image.alpha_composite(base, tint)
+        if region.mask is not None:
+            binary = region.mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+            tint.paste((*PALETTE[i % len(PALETTE)], mask_alpha), mask=binary)
+    base = Image.alpha_composite(base, tint)
     draw = ImageDraw.Draw(base)
     width = max(2, round(min(w, h) / 160))
     font = _font(max(10, min(w, h) // 32))
@@ -344,7 +344,7 @@ def write_localization(localization: Localization, image: Any, out_dir: str | os
         region.mask.save(out / region.mask_file)
     overlay = draw_overlay(img, localization.regions)
     tmp = out / f".{OVERLAY_FILE}.tmp"
-    overlay.save(tmp, format="PNG")
+    overlay.save(tmp, format="PNG", compress_level=1)  # a preview: fast encoding beats a few KB
     os.replace(tmp, out / OVERLAY_FILE)
     payload = {"image": str(image) if isinstance(image, (str, os.PathLike)) else None, **localization.to_json()}
     payload["overlay"] = OVERLAY_FILE
@@ -357,24 +357,37 @@ def write_localization(localization: Localization, image: Any, out_dir: str | os
     return payload
 
 
-def read_critique_file(path: str | os.PathLike[str]) -> Any:
-    """A critique from a file: a JSON object (critique result or curate row), the first line of a
-    JSONL file, or the judge's raw text."""
+def read_critique_file(path: str | os.PathLike[str], row_id: str | None = None) -> Any:
+    """A critique from a file: a JSON object (a critique result or a curate row), one row of a
+    JSONL file (the only one, or the one whose ``id`` is ``row_id``), or the judge's raw text."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"critique file not found: {p}")
     text = p.read_text(encoding="utf-8", errors="replace")
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            first = stripped.splitlines()[0]
+    if not text.lstrip().startswith("{"):
+        if row_id is not None:
+            raise ValueError(f"{p}: --id needs a JSON or JSONL critique file")
+        return text
+    try:
+        rows = [json.loads(text)]
+    except json.JSONDecodeError:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
             try:
-                return json.loads(first)
+                rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}: not valid JSON ({exc.msg})") from None
-    return text
+                raise ValueError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+    rows = [r for r in rows if isinstance(r, dict)]
+    if row_id is not None:
+        match = [r for r in rows if str(r.get("id")) == str(row_id)]
+        if not match:
+            raise ValueError(f"{p}: no row with id {row_id!r}")
+        return match[0]
+    if len(rows) != 1:
+        raise ValueError(f"{p} holds {len(rows)} JSON objects; choose one with --id")
+    return rows[0]
 
 
 __all__ = [

@@ -218,8 +218,12 @@ def parse_defect_list(text: str | None, *, max_defects: int = 8) -> tuple[list[D
                     d = _from_obj(json.loads(line))
                 except json.JSONDecodeError:
                     d = None
-            elif _BULLET.match(line) or _SPLIT.search(line):
+            elif _BULLET.match(line):
                 d = _from_line(line)
+            elif _SPLIT.search(line) and not line.endswith(":"):
+                # An unbulleted "object: problem" line; a line ending in a colon is a heading.
+                d = _from_line(line)
+                d = d if d is not None and d.problem else None
             else:
                 d = None
             if d is not None:
@@ -272,6 +276,8 @@ _STOP = _words(
     gets get got stays stay keeps keep kept fills fill needs need asks ask asked requested request requests
     appear gone went come comes came leave leaves left-out placed faces face-forward hold holds holding
     cover covers covering dominate dominates occur occurs extend extends blend blends reads read says say
+    float floats floating hang hangs hanging lie lies lying rest rests lean leans leaning bend bends overlap
+    overlaps overlapping intersect intersects protrude protrudes grow grows fade fades bleed bleeds clip clips
     out up down off away back instead overall
     clear clearly visible noticeable obvious minor major slight severe strong weak good bad poor fine nice
     correct incorrect wrong right-looking accurate inaccurate plausible implausible possible impossible

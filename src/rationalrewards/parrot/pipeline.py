@@ -138,7 +138,6 @@ class Parrot:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self._backend = backend
-        self._own_backend = backend is None
         self.progress = progress or _no_progress
         self.log = log or (lambda _msg: None)
         self.hook = hook
@@ -204,7 +203,9 @@ class Parrot:
         return self._backend
 
     async def aclose(self) -> None:
-        if self._backend is not None and self._own_backend:
+        # Closes this event loop's HTTP clients (also of an injected backend: they belong to a
+        # loop that ends with the run).
+        if self._backend is not None:
             await self._backend.aclose()
 
     def _image(self, rel: str) -> PreparedImage:

@@ -66,6 +66,7 @@ def refine_cmd(
     gen_width: Annotated[int | None, typer.Option("--gen-width", min=8, rich_help_panel=_GEN)] = None,
     gen_height: Annotated[int | None, typer.Option("--gen-height", min=8, rich_help_panel=_GEN)] = None,
     gen_negative_prompt: Annotated[str | None, typer.Option("--gen-negative-prompt", rich_help_panel=_GEN)] = None,
+    gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", min=1, help="diffusers: most images per pipeline call.", rich_help_panel=_GEN)] = None,
     gen_arg: Annotated[list[str] | None, typer.Option("--gen-arg", help="KEY=VALUE passed to every generator call (JSON values), repeatable.", rich_help_panel=_GEN)] = None,
     gen_api_key: Annotated[str | None, typer.Option("--gen-api-key", help="openai: bearer key (default $OPENAI_API_KEY).", rich_help_panel=_GEN)] = None,
     gen_size: Annotated[str | None, typer.Option("--gen-size", help="openai: size such as 1024x1024.", rich_help_panel=_GEN)] = None,
@@ -123,6 +124,7 @@ def refine_cmd(
         gen = generator_from_spec(
             generator, device=gen_device, dtype=gen_dtype, steps=gen_steps, guidance=gen_guidance, width=gen_width,
             height=gen_height, negative_prompt=gen_negative_prompt, call_kwargs=call_kwargs or None,
+            batch_size=gen_batch_size,
             extra_body=call_kwargs or None, api_key=gen_api_key, size=gen_size, timeout=gen_timeout,
         )
     except (RefineInputError, GeneratorInputError) as exc:
@@ -211,7 +213,8 @@ def _show_single(traj: Any, out: Path) -> None:
     for rnd in traj.rounds:
         table.add_row(str(rnd.round), rnd.request_source, _fmt(rnd.round_best_reward), "yes" if rnd.accepted else "no",
                       rnd.request[:90])
-    out_console.print(table)
+    if traj.rounds:
+        out_console.print(table)
     if traj.error:
         out_console.print(f"[red]error ({traj.error_kind}):[/] {traj.error}", highlight=False)
     if traj.best is not None:

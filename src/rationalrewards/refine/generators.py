@@ -124,6 +124,8 @@ class DiffusersGenerator(Generator):
         negative_prompt: passed when the pipeline accepts it.
         call_kwargs: extra keyword arguments for every pipeline call (e.g. ``{"true_cfg_scale": 4}``).
         load_kwargs: extra keyword arguments for ``from_pretrained`` (e.g. ``{"variant": "fp16"}``).
+        batch_size: most images per pipeline call (None: all ``n`` at once); seeds are per image,
+            so chunking never changes the images.
         pipeline: an already-built pipeline object (then ``model`` is only a label).
     """
 
@@ -143,6 +145,7 @@ class DiffusersGenerator(Generator):
         negative_prompt: str | None = None,
         call_kwargs: dict[str, Any] | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        batch_size: int | None = None,
         pipeline: Any = None,
     ):
         if not model and pipeline is None:
@@ -157,6 +160,7 @@ class DiffusersGenerator(Generator):
         self.negative_prompt = negative_prompt
         self.call_kwargs = dict(call_kwargs or {})
         self.load_kwargs = dict(load_kwargs or {})
+        self.batch_size = batch_size if batch_size and batch_size > 0 else None
         self._pipe = pipeline
         self._params: set[str] | None = None
         self._lock = threading.Lock()
@@ -244,16 +248,21 @@ class DiffusersGenerator(Generator):
 
     def generate(self, request: str, *, source: SourceLike = None, seed: int = 0, n: int = 1) -> list[Image.Image]:
         pipe = self.load()
-        kwargs = self._call_kwargs(request, _sources(source), seed, n)
-        try:
-            with self._lock:
-                out = pipe(**kwargs)
-        except GeneratorError:
-            raise
-        except Exception as exc:
-            raise GeneratorError(f"diffusers pipeline {self.model!r} failed: {type(exc).__name__}: {exc}") from exc
-        images = out.images if hasattr(out, "images") else out[0]
-        return _as_rgb_list(list(images), n, f"diffusers pipeline {self.model!r}")
+        step = self.batch_size or n
+        images: list[Image.Image] = []
+        for start in range(0, n, step):
+            count = min(step, n - start)
+            kwargs = self._call_kwargs(request, _sources(source), seed + start, count)
+            try:
+                with self._lock:
+                    out = pipe(**kwargs)
+            except GeneratorError:
+                raise
+            except Exception as exc:
+                raise GeneratorError(f"diffusers pipeline {self.model!r} failed: {type(exc).__name__}: {exc}") from exc
+            chunk = out.images if hasattr(out, "images") else out[0]
+            images += _as_rgb_list(list(chunk), count, f"diffusers pipeline {self.model!r}")
+        return images
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -554,7 +563,8 @@ def load_callable(target: str) -> Callable[..., Any]:
 
 
 def _make_diffusers(target: str, **options: Any) -> Generator:
-    keep = {"device", "dtype", "steps", "guidance", "width", "height", "negative_prompt", "call_kwargs", "load_kwargs"}
+    keep = {"device", "dtype", "steps", "guidance", "width", "height", "negative_prompt", "call_kwargs", "load_kwargs",
+            "batch_size"}
     return DiffusersGenerator(target, **{k: v for k, v in options.items() if k in keep and v is not None})
 
 

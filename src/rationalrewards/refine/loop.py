@@ -182,7 +182,7 @@ class RefineLoop:
         self.refiner = refiner
         self.on_round = on_round
         self.config.validate(has_refiner=refiner is not None)
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     # -- public -----------------------------------------------------------------------------------
     async def arun(
@@ -311,6 +311,13 @@ class RefineLoop:
                     await out
         traj.finished = True
         traj.stop_reason = reason
+        if traj.best is None:
+            # Finished without a single scored image: say why, so the item counts as failed.
+            failed = [c for rnd in traj.rounds for c in rnd.candidates if not c.ok]
+            kinds = {c.error_kind for c in failed}
+            traj.error_kind = next((k for k in ("backend", "input", "parse") if k in kinds), "parse")
+            first = failed[0].error if failed else "no image was generated"
+            traj.error = f"no image could be scored ({len(failed)} failed critique(s)); first: {first}"
 
     def _stop_reason(self, traj: Trajectory) -> str | None:
         cfg = self.config
@@ -390,9 +397,11 @@ class RefineLoop:
                      stalled=(best.request, tuple(seeds)) in item.tried)
 
     async def _generate(self, request: str, source: Any, seeds: list[int]) -> list[Image.Image]:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(max(1, self.generator.max_concurrency))
-        async with self._slots:
+        # One semaphore per event loop: a RefineLoop may be reused across asyncio.run() calls.
+        running = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not running:
+            self._slots = (running, asyncio.Semaphore(max(1, self.generator.max_concurrency)))
+        async with self._slots[1]:
             images = await self.generator.agenerate(request, source=source, seed=seeds[0], n=len(seeds))
         if len(images) != len(seeds):
             raise GeneratorError(f"generator returned {len(images)} image(s) for {len(seeds)} seed(s)")
@@ -474,8 +483,10 @@ class RefineLoop:
                 return
             names = await asyncio.to_thread(_save_images, images, item.out, "baseline", start)
             base.generator_calls += len(images)
+            # The baseline never refines, so the critic can stop before the refinement tail.
             results = await asyncio.gather(*(
-                self.critic.acritique(traj.prompt, str(item.out / name), item.critic_source, id=traj.id)
+                self.critic.acritique(traj.prompt, str(item.out / name), item.critic_source, id=traj.id,
+                                      scores_only=True)
                 for name in names
             ))
             base.critic_calls += len(results)

@@ -218,8 +218,10 @@ def create_app(
                 stats.request_failed(endpoint, "too_large")
                 raise ApiError(413, "too_large", f"body is over the limit of {max_body_bytes} bytes (--max-body-mb)")
             chunks.append(chunk)
+        body = b"".join(chunks)
         try:
-            return json.loads(b"".join(chunks))
+            # Megabytes of base64 take a while to parse: keep the event loop serving others meanwhile.
+            return json.loads(body) if total < (1 << 20) else await asyncio.to_thread(json.loads, body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             stats.request_failed(endpoint, "bad_json")
             raise ApiError(400, "bad_json", f"malformed JSON body: {exc}") from None

@@ -12,10 +12,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .servers import start_transformers_serve, stop_transformers_serve, transformers_serve
     from .tiny_models import build_tiny_qwen3vl, build_tiny_qwen3vl_cached
+    from .tiny_pipelines import (
+        build_tiny_flux,
+        build_tiny_flux_cached,
+        build_tiny_flux_kontext,
+        build_tiny_flux_kontext_cached,
+    )
 
 _LAZY = {
     "build_tiny_qwen3vl": ".tiny_models",
     "build_tiny_qwen3vl_cached": ".tiny_models",
+    "build_tiny_flux": ".tiny_pipelines",
+    "build_tiny_flux_cached": ".tiny_pipelines",
+    "build_tiny_flux_kontext": ".tiny_pipelines",
+    "build_tiny_flux_kontext_cached": ".tiny_pipelines",
     "start_transformers_serve": ".servers",
     "stop_transformers_serve": ".servers",
     "transformers_serve": ".servers",
@@ -34,6 +44,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "build_tiny_flux",
+    "build_tiny_flux_cached",
+    "build_tiny_flux_kontext",
+    "build_tiny_flux_kontext_cached",
     "build_tiny_qwen3vl",
     "build_tiny_qwen3vl_cached",
     "start_transformers_serve",

@@ -60,7 +60,7 @@ def build_tiny_grounding_dino(path: str | os.PathLike[str], seed: int = 0) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     vocab = tiny_bert_vocab()
     tokenizer = BertTokenizer(vocab=vocab)
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+    backbone = SwinConfig(image_size=128, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                           window_size=2, out_features=["stage2", "stage3", "stage4"])
     text = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=64)
@@ -75,7 +75,7 @@ def build_tiny_grounding_dino(path: str | os.PathLike[str], seed: int = 0) -> Pa
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(config)
     processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}),
         tokenizer=tokenizer,
     )
     model.save_pretrained(out)
