@@ -19,6 +19,17 @@ from rationalrewards.parrot.scripted import scripted_teacher
 from rationalrewards.testing.scripted_server import ScriptedServer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from threads; on a busy CI box they only fight each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory) -> Path:
     """A small SFT set (t2i + edit, pairwise + pointwise) made by the pipeline."""
@@ -114,7 +125,7 @@ def test_full_fine_tune_saves_a_folder_reward_model_loads(tiny_qwen3vl, sft_dir,
     assert again["global_step"] == 3
 
 
-def test_lora_through_the_cli_merges_by_default_and_can_keep_an_adapter(tiny_qwen3vl, sft_dir, tmp_path):
+def test_lora_through_the_cli_saves_merged_weights_and_the_adapter(tiny_qwen3vl, sft_dir, tmp_path):
     from typer.testing import CliRunner
 
     from rationalrewards.cli.main import app
@@ -130,13 +141,8 @@ def test_lora_through_the_cli_merges_by_default_and_can_keep_an_adapter(tiny_qwe
     assert summary["trainable_params"] < 100_000  # adapters only
     assert (merged / "adapter" / "adapter_config.json").is_file()
     _generates(merged, sft_dir.parent.parent / "blue.png")
-
-    adapter = tmp_path / "adapter_only"
-    from rationalrewards.parrot.train import train_student
-
-    train_student(tiny_cfg(tiny_qwen3vl, sft_dir, adapter, lora=True, merge_lora=False))
-    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
-    _generates(tiny_qwen3vl, sft_dir.parent.parent / "blue.png", adapter=str(adapter))
+    # The adapter also loads on top of the base, without merging.
+    _generates(tiny_qwen3vl, sft_dir.parent.parent / "blue.png", adapter=str(merged / "adapter"))
 
 
 def test_train_refuses_missing_data_with_a_clear_message(tiny_qwen3vl, tmp_path):

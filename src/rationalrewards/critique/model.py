@@ -183,10 +183,14 @@ class RewardModel:
         return cls(backend, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, **model_kwargs)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _run(self, coro: Awaitable[T]) -> T:
+    def run_sync(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine on this model's private event loop (the one its sync methods use), so
+        synchronous code shares one HTTP client with them."""
         if self._loop is None:
             self._loop = _LoopThread()
         return self._loop.run(coro)
+
+    _run = run_sync
 
     def _load(self, src: Any, base_dir: str | None, name: str) -> PreparedImage:
         return load_image(src, max_pixels=self.max_pixels, base_dir=base_dir, name=name)

@@ -434,7 +434,7 @@ def evaluate(rm: Any, benchmark: str, data: str | Path, out: str | Path, *, conc
     bothbad_threshold, html).
     """
     ev = Evaluation(benchmark, data, out, **kwargs)
-    runner = getattr(rm, "_run", None)
+    runner = getattr(rm, "run_sync", None)
     coro = ev.arun(rm, concurrency=concurrency)
     stats = runner(coro) if runner is not None else asyncio.run(coro)
     return ev.write_report(last_run=stats, **(report or {}))
