@@ -331,6 +331,7 @@ def test_a_saved_datasets_folder_is_read_lazily_with_undecoded_images(tmp_path):
     )
     folder = tmp_path / "hf"
     datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(folder))
+    files_before = sorted(folder.rglob("*"))
     source = open_items(folder)
     assert source.ids() == ["row-0", "row-1"]  # the train split by default
     first = next(iter(source))
@@ -339,6 +340,7 @@ def test_a_saved_datasets_folder_is_read_lazily_with_undecoded_images(tmp_path):
     with ScriptedServer(colour_judge) as server:
         result = curate(open_items(folder, split="test"), out, reward_model=judge_model(server))
     assert result.n == 1 and result.n_kept == 1
+    assert sorted(folder.rglob("*")) == files_before  # the input folder is only read
 
 
 def test_an_image_folder_takes_prompts_from_a_csv_and_rejects_images_without_one(data, tmp_path):

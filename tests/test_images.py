@@ -156,3 +156,11 @@ def test_load_images_accepts_one_or_many():
 def test_unsupported_type_is_named():
     with pytest.raises(ImageInputError, match="unsupported image type int"):
         load_image(42)
+
+
+def test_plain_base64_jpeg_is_not_mistaken_for_a_path():
+    data = png_bytes(Image.new("RGB", (300, 300), "green"), "JPEG")
+    text = base64.b64encode(data).decode()
+    assert text.startswith("/9j/")
+    img = load_image(text, allow_base64=True, allow_paths=False)
+    assert img.mime == "image/jpeg" and img.size == (300, 300)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,15 @@ def _decode_base64(text: str, name: str) -> bytes:
         raise ImageInputError(f"{name}: not valid base64 image data") from None
 
 
+_B64_CHARS = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def _looks_like_base64(text: str) -> bool:
+    # JPEG base64 begins with "/9j/", so a "/" is no sign of a path: a long run of base64
+    # characters that is not an existing file is image data.
+    return len(text) > 256 and _B64_CHARS.fullmatch(text[:1024]) is not None and not os.path.exists(text[:4096])
+
+
 def _read_source(src: Any, *, base_dir: Path | None, allow_paths: bool, allow_base64: bool, name: str) -> tuple[bytes | None, Image.Image | None, str]:
     if isinstance(src, PreparedImage):
         return src.data, src.image, src.source
@@ -116,7 +126,7 @@ def _read_source(src: Any, *, base_dir: Path | None, allow_paths: bool, allow_ba
         raise ImageInputError(f"{name}: image dict has neither 'bytes' nor 'path'")
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
-        if allow_base64 and (text.startswith("data:") or (len(text) > 256 and "/" not in text[:64] and "." not in text[:64])):
+        if allow_base64 and (text.startswith("data:") or _looks_like_base64(text)):
             return _decode_base64(text, name), None, name
         if not allow_paths:
             raise ImageInputError(f"{name}: file paths are not accepted here; send image bytes as base64")
@@ -124,7 +134,8 @@ def _read_source(src: Any, *, base_dir: Path | None, allow_paths: bool, allow_ba
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
         if not path.exists():
-            raise ImageInputError(f"image file not found: {path}")
+            shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+            raise ImageInputError(f"image file not found: {shown}")
         if not path.is_file():
             raise ImageInputError(f"not a file: {path}")
         size = path.stat().st_size

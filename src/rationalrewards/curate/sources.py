@@ -310,31 +310,24 @@ class HFDatasetItems(ItemSource):
         else:
             self.split = None
         _require_columns(list(ds.column_names), cols, path)
-        # Decoding every image into PIL only to re-encode it would double the work; the critique
-        # path takes the stored bytes as they are.
-        for name in (cols.image, cols.source):
-            feature = ds.features.get(name)
-            if isinstance(feature, datasets.Image):
-                ds = ds.cast_column(name, datasets.Image(decode=False))
-            elif isinstance(getattr(feature, "feature", None), datasets.Image):
-                # A list of images (several edit sources): same treatment for each element.
-                ds = ds.cast_column(name, type(feature)(datasets.Image(decode=False)))
-        self.ds = ds
+        # Rows are read as Arrow (image cells stay {"bytes", "path"} structs): decoding every image
+        # into PIL only to re-encode it would double the work, and casting the columns instead
+        # would write a cache file into the user's dataset folder.
+        self.ds = ds.with_format("arrow")
         self.cols = cols
         self.base = path.resolve()
 
     def _load_ids(self) -> list[str]:
         if self.cols.id not in self.ds.column_names:
             return [f"row-{i}" for i in range(len(self.ds))]
-        return [f"row-{i}" if v in (None, "") else str(v) for i, v in enumerate(self.ds[self.cols.id])]
+        column = self.ds.select_columns([self.cols.id]).data.column(0).to_pylist()
+        return [f"row-{i}" if v in (None, "") else str(v) for i, v in enumerate(column)]
 
     def __iter__(self) -> Iterator[Item]:
         ids = self.ids()
         index = 0
         for batch in self.ds.iter(batch_size=64):
-            keys = list(batch)
-            for j in range(len(batch[keys[0]])):
-                row = {k: batch[k][j] for k in keys}
+            for row in batch.to_pylist():
                 yield _make_item(ids[index], row, self.cols, self.base, f"row {index}", self.dropped_columns)
                 index += 1
 

@@ -15,6 +15,8 @@ a deterministic function of the request. The behaviour of a pair is the first wo
 ``verdict``  the re-prediction has no scores but a correct ``Final verdict:`` line (kept)
 ``sided``    the re-prediction always says Image A (position bias; fails one of both orders)
 
+Tie pairs (``input.include_ties``) get equal scores and a ``tie`` re-prediction.
+
 ::
 
     with ScriptedServer(scripted_teacher(), latency_s=0.05) as server:
@@ -68,6 +70,8 @@ def scripted_teacher(behaviour_of: Callable[[str], str] = tag_of) -> Responder:
             tag = "contra" if sample == 0 else "ok"
         if "<notes>" in text:
             return _repredict(task, tag, text.split("<notes>", 1)[1].split("</notes>", 1)[0], pair_scores)
+        if "Image A" in text and phrases["pairwise_tie"] in text:
+            return pairwise_text(task, STRONG, STRONG, summary="Both images are equally good.")
         if "Image A" in text:
             shown = "A" if phrases["pairwise_preferred"].format(preferred="Image A", other="Image B") in text else "B"
             if tag == "garbled":
@@ -77,6 +81,8 @@ def scripted_teacher(behaviour_of: Callable[[str], str] = tag_of) -> Responder:
             summary = f"The human preferred Image {shown}, and the evidence agrees." if tag == "leak" else \
                 f"Image {winner} is the better result."
             return pairwise_text(task, a, b, summary=summary)
+        if phrases["pointwise_tie"] in text:
+            return critique_text(task, STRONG, summary=STRONG_SUMMARY, refined_request="the same request")
         won = phrases["pointwise_won"] in text
         if tag == "garbled" and not won:
             return critique_text(task, {"text_faithfulness": 2.0})
@@ -91,6 +97,8 @@ def scripted_teacher(behaviour_of: Callable[[str], str] = tag_of) -> Responder:
 
 
 def _repredict(task: str, tag: str, notes: str, pair_scores: Callable[[str], tuple[Any, Any]]) -> str:
+    if "on par" in notes or "equally good" in notes:
+        return pairwise_text(task, STRONG, STRONG, summary="Neither is better.") + "\nFinal verdict: tie"
     m = re.search(r"Image ([AB]) is stronger", notes)
     if m:
         better = m.group(1)

@@ -288,8 +288,7 @@ def adapter_params(transformer: Any, name: str) -> dict[str, torch.nn.Parameter]
 def activate(transformer: Any, name: str) -> None:
     """Make adapter ``name`` the one used by forward passes; only the policy adapter ever trains."""
     transformer.set_adapter(name)
-    for key, p in adapter_params(transformer, POLICY).items():
-        del key
+    for p in adapter_params(transformer, POLICY).values():
         p.requires_grad_(True)
     for p in adapter_params(transformer, OLD).values():
         p.requires_grad_(False)

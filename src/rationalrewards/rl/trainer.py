@@ -690,7 +690,7 @@ class NFTTrainer:
         k = cfg.group_size
         gen = torch.Generator().manual_seed(_seed(cfg.seed, "sample", st.step, self.rank))
         noise = self.family.noise(len(local) * k, gen)
-        x0, cond, sample_group, images, parts, timing = self._generate(local, k, noise, nft.OLD, tag="train")
+        x0, cond, sample_group, _, parts, timing = self._generate(local, k, noise, nft.OLD, tag="train")
         scored = ScoredBatch.concat(parts)
         keys = [local[int(g)].key for g in sample_group]
 
@@ -727,9 +727,8 @@ class NFTTrainer:
                     st.retired.add(key)
                     newly_retired.append(str(key))
 
-        step_index = st.step
         st.step += 1
-        metrics = self._step_metrics(step_index, scored, all_rewards, all_base, all_keys, adv, r_all, train_stats,
+        metrics = self._step_metrics(scored, all_rewards, all_base, all_keys, adv, r_all, train_stats,
                                      decay, newly_retired, timing, t_after - t_train, time.perf_counter() - t_start)
         self._monitor(metrics, scored, local, sample_group)
         if cfg.log_samples and self.logger is not None:
@@ -837,13 +836,12 @@ class NFTTrainer:
         return norm_f
 
     # -- metrics and monitor --------------------------------------------------------------------
-    def _step_metrics(self, step_index: int, scored: ScoredBatch, all_rewards: list[float], all_base: list[float],
+    def _step_metrics(self, scored: ScoredBatch, all_rewards: list[float], all_base: list[float],
                       all_keys: list[str], adv: list[float], r_all: list[float], train_stats: dict[str, Any],
                       decay: float, newly_retired: list[str], timing: dict[str, float], train_s: float,
                       step_s: float) -> dict[str, Any]:
         from accelerate.utils import gather_object
 
-        cfg = self.cfg
         kinds = gather_object(scored.failure_kinds) if self.world > 1 else scored.failure_kinds
         dims: dict[str, float] = {}
         for key in sorted(scored.scores):
@@ -888,7 +886,6 @@ class NFTTrainer:
         }
         if newly_retired:
             metrics["retired_keys"] = newly_retired
-        del step_index, cfg
         return metrics
 
     def _monitor(self, metrics: dict[str, Any], scored: ScoredBatch, local: Sequence[PromptRow], sample_group: Any) -> None:
@@ -936,9 +933,6 @@ class NFTTrainer:
         per = cfg.eval_images_per_prompt
         order = list(range(len(self.eval_rows)))[self.rank :: self.world]
         local = [self.eval_rows[i] for i in order]
-        if not local:
-            parts_all: list[Any] = []
-            noise = None
         noise = torch.cat([
             self.family.noise(1, torch.Generator().manual_seed(_seed(cfg.eval_seed, i, j)))
             for i in order for j in range(per)
@@ -949,10 +943,10 @@ class NFTTrainer:
             nft.copy_into(self.policy, self.ema)
         try:
             if local:
-                _, _, sample_group, images, parts, timing = self._generate(local, per, noise, nft.POLICY, tag="eval")
+                _, _, sample_group, images, parts, _ = self._generate(local, per, noise, nft.POLICY, tag="eval")
                 scored = ScoredBatch.concat(parts)
             else:
-                images, scored, sample_group, timing = [], ScoredBatch([], [], [], {}, []), torch.zeros(0), {}
+                images, scored, sample_group = [], ScoredBatch([], [], [], {}, []), torch.zeros(0)
         finally:
             if saved is not None:
                 nft.copy_into(self.policy, saved)
