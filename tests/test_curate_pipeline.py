@@ -170,7 +170,8 @@ def test_a_rerun_retries_only_failed_items_and_a_torn_line_costs_nothing(items, 
         second = curate(items, out, reward_model=judge_model(server))
         judged = server.chat_request_count
     assert judged == 1  # only green
-    assert second.summary["run"] == {"critiqued": 1, "cached": 3, "stale": 0, "unjudgeable": 0}
+    assert second.summary["run"] == {"critiqued": 1, "cached": 3, "stale": 0, "unjudgeable": 0,
+                                     "failed_not_retried": 0}
     assert ids(out / "kept.jsonl") == ["yellow", "red", "green", "grey"]
     # The critique store ends with exactly one line per item, in input order.
     assert ids(out / "critiques.jsonl") == ["yellow", "red", "green", "grey"]
@@ -208,6 +209,25 @@ def test_new_thresholds_resplit_from_cached_critiques_without_a_judge(items, tmp
         "text_faithfulness 1 < 3", "text_faithfulness 2.506 < 3"]
     assert json.loads((out / "summary.json").read_text())["thresholds"] == {
         "min_reward": None, "min_scores": {"text_faithfulness": 3.0}}
+
+
+def test_a_resplit_without_a_judge_keeps_failed_critiques_rejected_for_a_later_retry(data, tmp_path):
+    path = write_items(data, [{"id": "ok", "prompt": "a yellow square", "image": "img/yellow.png"},
+                              {"id": "gone", "prompt": "a square", "image": "img/missing.png"}])
+    out = tmp_path / "out"
+    with ScriptedServer(colour_judge) as server:
+        curate(path, out, reward_model=judge_model(server))
+    resplit = curate(path, out, thresholds=Thresholds(min_reward=0.9))
+    assert resplit.summary["run"]["failed_not_retried"] == 1
+    assert ids(out / "kept.jsonl") == ["ok"]
+    (gone,) = read(out / "rejected.jsonl")
+    assert gone["reason"].startswith("critique failed (input): image file not found")
+    # Still on record, so a run with a judge retries it.
+    (data / "img" / "missing.png").write_bytes(png(YELLOW))
+    with ScriptedServer(colour_judge) as server:
+        retried = curate(path, out, reward_model=judge_model(server))
+        assert server.chat_request_count == 1
+    assert retried.n_kept == 2
 
 
 def test_a_resplit_without_a_judge_refuses_when_critiques_are_missing(items, tmp_path):
@@ -374,6 +394,18 @@ def test_an_image_folder_accepts_txt_jsonl_prompts_and_caption_files(tmp_path, k
     (item,) = list(open_items(folder, prompts=prompts))
     assert item.prompt == "a yellow square" and item.problem is None
     assert item.id == ("sq" if kind == "jsonl" else "a.png")
+
+
+def test_an_output_folder_inside_the_image_folder_is_not_read_back_as_input(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(YELLOW))
+    (folder / "a.txt").write_text("a yellow square")
+    with ScriptedServer(colour_judge) as server:
+        curate(folder, folder / "curated", reward_model=judge_model(server))
+        again = curate(folder, folder / "curated", reward_model=judge_model(server))
+    assert any((folder / "curated" / "plots").iterdir())
+    assert again.n == 1 and again.n_critiqued == 0
 
 
 def test_an_image_folder_without_prompts_is_a_clear_error(tmp_path):

@@ -88,7 +88,7 @@ def curate_command(
     try:
         thresholds = Thresholds.from_specs(min_reward, min_score or ())
         columns = Columns(id=id_column, prompt=prompt_column, image=image_column, source=source_column)
-        source = open_items(input, prompts=prompts, columns=columns, split=split)
+        source = open_items(input, prompts=prompts, columns=columns, split=split, exclude=out)
         total = len(source)
     except (ValueError, InputFileError) as exc:
         fail(str(exc), EXIT_INPUT)
@@ -114,14 +114,16 @@ def curate_command(
             f"[bold]{stats['n']} items[/]: [green]{stats['n_kept']} kept[/], [red]{stats['n_rejected']} rejected[/]"
             f" ({stats['n_failed']} failed critiques)", highlight=False)
         out_console.print(f"this run: {run['critiqued']} critiqued, {run['cached']} from cache"
-                          + (f", {run['stale']} re-critiqued (input changed)" if run["stale"] else ""), highlight=False)
+                          + (f", {run['stale']} re-critiqued (input changed)" if run["stale"] else "")
+                          + (f", {run['failed_not_retried']} earlier failures kept (no judge to retry them)"
+                             if run["failed_not_retried"] else ""), highlight=False)
         if stats["rejections_by_check"]:
             out_console.print("rejections by check: " + ", ".join(f"{k} {v}" for k, v in
                                                                  sorted(stats["rejections_by_check"].items())))
         out_console.print(f"-> {out / 'kept.jsonl'}, {out / 'rejected.jsonl'}, {out / 'report.html'}", highlight=False)
     failures = stats["failures_by_kind"]
     if failures.get("input") or failures.get("parse") or failures.get("backend"):
-        err_console.print("failed critiques are in rejected.jsonl with their reason; rerun to retry them")
+        err_console.print("failed critiques are in rejected.jsonl with their reason; rerun with a judge to retry them")
     if strict and stats["n_failed"]:
         code = EXIT_BACKEND if failures.get("backend") else EXIT_PARSE if failures.get("parse") else EXIT_INPUT
         raise typer.Exit(code)

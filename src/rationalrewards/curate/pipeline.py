@@ -87,11 +87,11 @@ class CurationResult:
         return int(self.summary["run"]["critiqued"])
 
 
-def _open_source(items: Any, prompts: Any, columns: Columns | None, split: str | None) -> ItemSource:
+def _open_source(items: Any, prompts: Any, columns: Columns | None, split: str | None, out: Path) -> ItemSource:
     if isinstance(items, ItemSource):
         return items
     if isinstance(items, (str, os.PathLike)):
-        return open_items(items, prompts=prompts, columns=columns, split=split)
+        return open_items(items, prompts=prompts, columns=columns, split=split, exclude=out)
     if isinstance(items, Iterable):
         return ListItems(list(items), columns=columns)
     raise TypeError(f"items must be a path, an ItemSource or a list of dicts, not {type(items).__name__}")
@@ -120,22 +120,27 @@ async def acurate(
 ) -> CurationResult:
     """Critique and split a dataset (the coroutine behind :func:`curate`; same arguments)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    source = _open_source(items, prompts, columns, split)
+    source = _open_source(items, prompts, columns, split, out)
     thresholds = thresholds or Thresholds()
-    ids = source.ids()
+    ids = source.ids()  # reads and validates the input before anything is created
+    out.mkdir(parents=True, exist_ok=True)
     if on_total is not None:
         on_total(len(ids))
+    # The store drops failed critiques when it opens (so that they are retried); a re-split without
+    # a judge cannot retry them and keeps them as they were, so read them first.
+    failed = _failed_records(out / CRITIQUES_FILE) if reward_model is None else {}
     store = ResumableJsonl(out / CRITIQUES_FILE)
     try:
         if reward_model is None:
-            missing = sum(1 for it in source if not _cached(store, it) and it.problem is None)
+            missing = sum(1 for it in source if not _cached(store, it) and it.problem is None
+                          and failed.get(it.id, {}).get("input_key") != it.fingerprint)
             if missing:
                 raise JudgeRequired(
                     f"{missing} of {len(ids)} items have no cached critique in {out / CRITIQUES_FILE}; "
                     "give a judge (--base-url/--model) to critique them"
                 )
-        fresh, counts = await _critique_phase(source, store, reward_model, concurrency, scores_only, on_progress)
+        fresh, counts = await _critique_phase(source, store, reward_model, concurrency, scores_only, on_progress,
+                                              failed)
     finally:
         store.close()
     rows = {str(r["id"]): r for r in store.finalize(ids)}
@@ -184,15 +189,35 @@ def curate(items: Any, out_dir: str | os.PathLike[str], **kwargs: Any) -> Curati
     return asyncio.run(go())
 
 
+def _failed_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The last failed critique of each id in a critique store (torn lines skipped)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return rows
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("id") is not None:
+                if row.get("ok"):
+                    rows.pop(str(row["id"]), None)
+                else:
+                    rows[str(row["id"])] = row
+    return rows
+
+
 def _cached(store: ResumableJsonl, item: Item) -> bool:
     row = store.rows.get(item.id)
     return row is not None and bool(row.get("ok")) and row.get("input_key") == item.fingerprint
 
 
 async def _critique_phase(source: ItemSource, store: ResumableJsonl, rm: Any, concurrency: int, scores_only: bool,
-                          on_progress: Callable[[int], Any] | None) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+                          on_progress: Callable[[int], Any] | None, failed: dict[str, dict[str, Any]]
+                          ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     fresh: dict[str, dict[str, Any]] = {}
-    counts = {"critiqued": 0, "cached": 0, "stale": 0, "unjudgeable": 0}
+    counts = {"critiqued": 0, "cached": 0, "stale": 0, "unjudgeable": 0, "failed_not_retried": 0}
 
     def settle(row: dict[str, Any]) -> None:
         store.append(row)
@@ -227,6 +252,12 @@ async def _critique_phase(source: ItemSource, store: ResumableJsonl, rm: Any, co
         if item.problem is not None:
             counts["unjudgeable"] += 1
             settle(_failed_row(item, "input", item.problem))
+            continue
+        if rm is None:
+            # Re-split without a judge: a failed critique stays failed (and stays on record so a
+            # later run with a judge retries it). The pre-check guarantees a record exists.
+            counts["failed_not_retried"] += 1
+            settle(failed[item.id])
             continue
         if item.id in store.rows:
             counts["stale"] += 1

@@ -395,13 +395,16 @@ class ImageFolderItems(ItemSource):
 
     kind = "image-folder"
 
-    def __init__(self, path: Path, prompts: Path | None):
+    def __init__(self, path: Path, prompts: Path | None, exclude: Path | None = None):
         super().__init__(path)
         self.root = path.resolve()
+        # An output folder inside the image folder holds plots and exported images: not input.
+        skip = exclude.resolve() if exclude is not None else None
         images = sorted(
             p.relative_to(self.root).as_posix()
             for p in self.root.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            and (skip is None or not p.resolve().is_relative_to(skip))
         )
         if prompts is None:
             prompts = next((self.root / n for n in PROMPT_FILE_NAMES if (self.root / n).is_file()), None)
@@ -444,6 +447,7 @@ def open_items(
     prompts: str | os.PathLike[str] | None = None,
     columns: Columns | None = None,
     split: str | None = None,
+    exclude: str | os.PathLike[str] | None = None,
 ) -> ItemSource:
     """Open a dataset to curate, detecting its format.
 
@@ -455,6 +459,8 @@ def open_items(
         columns: column names when they differ from ``id`` / ``prompt`` / ``image`` / ``source``.
         split: the split of a ``DatasetDict`` folder or of a Parquet folder (file names starting
             with it); default ``train`` when there are several.
+        exclude: a folder whose images are not items (the output folder, when it sits inside an
+            image folder).
 
     Raises:
         InputFileError: the path is missing, of an unknown kind, or lacks a needed column.
@@ -474,8 +480,9 @@ def open_items(
         raise InputFileError(f"{p}: unsupported input file type {suffix or '(none)'}; use .jsonl or .parquet")
     if any((p / n).is_file() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
         return HFDatasetItems(p, cols, split)
+    skip = Path(exclude) if exclude is not None else None
     if prompts is not None:
-        return ImageFolderItems(p, Path(prompts).expanduser())
+        return ImageFolderItems(p, Path(prompts).expanduser(), skip)
     parquet = sorted(f for f in p.rglob("*.parquet") if f.is_file())
     if parquet:
         if split is not None:
@@ -485,7 +492,7 @@ def open_items(
         if not chosen:
             raise InputFileError(f"{p}: no Parquet file for split {split!r}")
         return ParquetItems(p, chosen, cols, p.resolve())
-    return ImageFolderItems(p, None)
+    return ImageFolderItems(p, None, skip)
 
 
 class ListItems(ItemSource):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .servers import start_transformers_serve, stop_transformers_serve, transformers_serve
+    from .tiny_detectors import build_tiny_grounding_dino, build_tiny_sam
     from .tiny_models import build_tiny_qwen3vl, build_tiny_qwen3vl_cached
     from .tiny_pipelines import (
         build_tiny_flux,
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "build_tiny_grounding_dino": ".tiny_detectors",
+    "build_tiny_sam": ".tiny_detectors",
     "build_tiny_qwen3vl": ".tiny_models",
     "build_tiny_qwen3vl_cached": ".tiny_models",
     "build_tiny_flux": ".tiny_pipelines",
@@ -48,8 +51,10 @@ __all__ = [
     "build_tiny_flux_cached",
     "build_tiny_flux_kontext",
     "build_tiny_flux_kontext_cached",
+    "build_tiny_grounding_dino",
     "build_tiny_qwen3vl",
     "build_tiny_qwen3vl_cached",
+    "build_tiny_sam",
     "start_transformers_serve",
     "stop_transformers_serve",
     "transformers_serve",
