@@ -12,24 +12,8 @@ from ..cli.common import (
     EXIT_INPUT,
     EXIT_OK,
     EXIT_PARSE,
-    AggregationOpt,
-    ApiKeyOpt,
-    BaseUrlOpt,
-    BatchSizeOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
-    MaxPixelsOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    RetriesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TemplatesOpt,
-    TimeoutOpt,
-    backend_options,
+    backend_command,
     emit_json,
     err_console,
     fail,
@@ -39,6 +23,7 @@ from ..cli.common import (
 )
 
 
+@backend_command(required=False)
 def curate_command(
     input: Annotated[Path, typer.Option("--input", help="JSONL ({id, prompt, image, source?}), Parquet, a `datasets` "
                                         "folder, a Parquet folder, or a folder of images.")],
@@ -58,22 +43,7 @@ def curate_command(
                                                  help="Lowest-reward examples shown in report.html.")] = 20,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop critiques before the refinement tail.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any critique failed.")] = False,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
+    backend: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Critique a dataset and split it into kept / rejected sets with the reason for each item.
@@ -93,10 +63,9 @@ def curate_command(
     except (ValueError, InputFileError) as exc:
         fail(str(exc), EXIT_INPUT)
     rm: Any = None
-    if base_url or model:
-        opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
-                               seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-        rm = make_reward_model(opts)
+    concurrency = backend["concurrency"] if backend else 16
+    if backend is not None:
+        rm = make_reward_model(backend)
     err_console.print(f"{total} items from {input} -> {out}")
     with progress_bar("curate", total) as advance:
         try:

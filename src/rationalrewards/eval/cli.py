@@ -12,24 +12,8 @@ import typer
 
 from ..cli.common import (
     EXIT_INPUT,
-    AggregationOpt,
-    ApiKeyOpt,
-    BaseUrlOpt,
-    BatchSizeOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
-    MaxPixelsOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    RetriesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TemplatesOpt,
-    TimeoutOpt,
-    backend_options,
+    backend_command,
     emit_json,
     err_console,
     fail,
@@ -41,6 +25,7 @@ from ..cli.common import (
 BENCHMARK_NAMES = "genai-bench-t2i, genai-bench-edit, mmrb2-t2i, mmrb2-edit, editreward-bench, pairs"
 
 
+@backend_command(required=False, defaults={"concurrency": 32})
 def run(
     ctx: typer.Context,
     benchmark: Annotated[str | None, typer.Option("--benchmark", help=f"One of: {BENCHMARK_NAMES}.")] = None,
@@ -62,22 +47,7 @@ def run(
     exclude_failed: Annotated[bool, typer.Option(
         "--exclude-failed", help="Also show accuracies without failed items (a view; the headline always counts them).")] = False,
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html with every mismatch.")] = True,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
+    backend: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a reward model on a preference benchmark (resumable; see `eval compare`)."""
@@ -99,9 +69,11 @@ def run(
                         log=lambda msg: err_console.print(msg, highlight=False))
     except InputFileError as exc:
         fail(str(exc), EXIT_INPUT)
-    opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
-                           seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-    rm = make_reward_model(opts)
+    if backend is None:
+        fail("choose a backend: --base-url URL (with --model NAME) or --model PATH_OR_HF_ID", EXIT_INPUT)
+    assert backend is not None
+    concurrency = backend["concurrency"]
+    rm = make_reward_model(backend)
     pending = ev.pending()
     err_console.print(
         f"{ev.bench.name}: {len(ev.known)} pairs from {ev.n_rows} rows ({len(ev.unknown)} unknown labels), "

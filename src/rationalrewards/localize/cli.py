@@ -11,23 +11,8 @@ from ..cli.common import (
     EXIT_BACKEND,
     EXIT_INPUT,
     EXIT_OK,
-    AggregationOpt,
-    ApiKeyOpt,
-    BaseUrlOpt,
-    BatchSizeOpt,
-    CacheOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
-    MaxPixelsOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    RetriesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TemplatesOpt,
-    TimeoutOpt,
-    backend_options,
+    backend_command,
     emit_json,
     err_console,
     fail,
@@ -38,6 +23,7 @@ from ..cli.common import (
 from .detect import DEFAULT_DETECTOR, DEFAULT_SEGMENTER  # constants only: no torch at import time
 
 
+@backend_command(required=False)
 def localize_command(
     critique: Annotated[Path, typer.Option("--critique", help="Critique JSON (a critique result or a curate row), "
                                            "a JSONL of them (with --id), or the judge's raw text.")],
@@ -64,21 +50,7 @@ def localize_command(
     attach: Annotated[bool, typer.Option("--attach", help="Also write OUT/critique.json with a `regions` field.")
                       ] = False,
     detector_device: Annotated[str, typer.Option("--detector-device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
+    backend: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the image regions of the defects a critique describes (Grounding DINO + SAM).
@@ -102,10 +74,8 @@ def localize_command(
             fail("give --image (the critique does not name its image)", EXIT_INPUT)
         image = Path(resolve_relative(row_image, critique.resolve().parent))
     judge: Any = None
-    if base_url or model:
-        opts = backend_options(base_url, model, api_key, 1, timeout, max_retries, temperature, max_tokens, seed,
-                               device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-        judge = make_reward_model(opts)
+    if backend is not None:
+        judge = make_reward_model({**backend, "concurrency": 1})
     seg: str | None = None if segmenter.strip().lower() in ("none", "") else segmenter
     try:
         loc = localize_details(

@@ -31,28 +31,33 @@ REASONS = (
     "not_selected",
 )
 
-# Phrases that give the anchor away. Bare "label" is deliberately absent: critiques of text
-# rendering talk about labels on bottles and signs all the time.
-LEAK_PATTERNS: tuple[str, ...] = (
-    r"\bhumans?'?\s+(?:\w+\s+){0,2}(?:prefer\w*|choice|chose|vote[sd]?|voting|judge[sd]?|judgements?|"
-    r"judgments?|raters?|annotat\w*|label\w*|evaluators?|evaluations?)\b",
-    r"\bground[\s-]*truth\b",
-    r"\bannotat(?:or|ors|ion|ions|ed)\b",
-    r"\b(?:raters?|voters?|labell?ers?)\b",
-    r"\bas\s+labell?ed\b",
-    r"\b(?:preference|human|gold|given|provided|true|correct)\s+labels?\b",
-    r"\blabell?ed\s+(?:as\s+)?(?:the\s+)?(?:preferred|better|winner|best)\b",
-    r"\b(?:was|were|been|am|are)\s+told\b",
-    r"\bpreferred\s+by\s+(?:the\s+)?(?:humans?|users?|annotators?|raters?|people|evaluators?|judges?)\b",
-    r"\b(?:human|annotator|rater|people)'?s?\s+preferences?\b",
-    r"\b(?:the\s+)?(?:given|provided|stated|known|expected)\s+(?:preference|outcome|verdict|answer)\b",
-    r"\bpeople\s+(?:who\s+\w+(?:\s+\w+){0,3}\s+)?(?:judged|preferred|chose|picked|voted|found|rated)\b",
+# Phrases that give the anchor away, each with words one of which must occur in the text for the
+# pattern to possibly match (a cheap substring test spares most regex scans). Bare "label" is
+# deliberately absent: critiques of text rendering talk about labels on bottles and signs.
+LEAK_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"\bhumans?'?\s+(?:\w+\s+){0,2}(?:prefer\w*|choice|chose|vote[sd]?|voting|judge[sd]?|judgements?|"
+     r"judgments?|raters?|annotat\w*|label\w*|evaluators?|evaluations?)\b", ("human",)),
+    (r"\bground[\s-]*truth\b", ("ground",)),
+    (r"\bannotat(?:or|ors|ion|ions|ed)\b", ("annotat",)),
+    (r"\b(?:raters?|voters?|labell?ers?)\b", ("rater", "voter", "labeler", "labeller")),
+    (r"\bas\s+labell?ed\b", ("labeled", "labelled")),
+    (r"\b(?:preference|human|gold|given|provided|true|correct)\s+labels?\b", ("label",)),
+    (r"\blabell?ed\s+(?:as\s+)?(?:the\s+)?(?:preferred|better|winner|best)\b", ("labeled", "labelled")),
+    (r"\b(?:was|were|been|am|are)\s+told\b", ("told",)),
+    (r"\bpreferred\s+by\s+(?:the\s+)?(?:humans?|users?|annotators?|raters?|people|evaluators?|judges?)\b",
+     ("preferred",)),
+    (r"\b(?:human|annotator|rater|people)'?s?\s+preferences?\b", ("preference",)),
+    (r"\b(?:the\s+)?(?:given|provided|stated|known|expected)\s+(?:preference|outcome|verdict|answer)\b",
+     ("given", "provided", "stated", "known", "expected")),
+    (r"\bpeople\s+(?:who\s+\w+(?:\s+\w+){0,3}\s+)?(?:judged|preferred|chose|picked|voted|found|rated)\b",
+     ("people",)),
 )
 # Pointwise critiques must not talk about the candidate the student will never see.
-POINTWISE_LEAK_PATTERNS: tuple[str, ...] = (
-    r"\b(?:the\s+other|another|alternative|competing|rival)\s+(?:candidate|option|version|submission)\b",
-    r"\b(?:won|lost)\s+(?:the|its|this)\s+comparison\b",
-    r"\bside[\s-]by[\s-]side\s+comparison\b",
+POINTWISE_LEAK_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"\b(?:the\s+other|another|alternative|competing|rival)\s+(?:candidate|option|version|submission)\b",
+     ("candidate", "option", "version", "submission")),
+    (r"\b(?:won|lost)\s+(?:the|its|this)\s+comparison\b", ("comparison",)),
+    (r"\bside[\s-]by[\s-]side\s+comparison\b", ("comparison",)),
 )
 
 
@@ -60,16 +65,20 @@ class LeakDetector:
     """Finds anchor-revealing phrases; ``extra`` patterns are added to the built-in ones."""
 
     def __init__(self, extra: Iterable[str] = (), *, pointwise: bool = False):
-        pats = [*LEAK_PATTERNS, *(POINTWISE_LEAK_PATTERNS if pointwise else ()), *extra]
+        pats: list[tuple[str, tuple[str, ...]]] = [*LEAK_PATTERNS, *(POINTWISE_LEAK_PATTERNS if pointwise else ())]
+        pats += [(p, ()) for p in extra]
         try:
-            self._re = [re.compile(p, re.IGNORECASE) for p in pats]
+            self._re = [(re.compile(p, re.IGNORECASE), hints) for p, hints in pats]
         except re.error as exc:
             raise ValueError(f"bad leak pattern: {exc}") from None
 
     def find(self, text: str) -> list[str]:
         """The matched phrases, in order of the patterns (empty when clean)."""
+        lower = text.lower()
         hits = []
-        for pat in self._re:
+        for pat, hints in self._re:
+            if hints and not any(h in lower for h in hints):
+                continue
             m = pat.search(text)
             if m:
                 hits.append(m.group(0))

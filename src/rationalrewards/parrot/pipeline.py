@@ -30,7 +30,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,13 @@ class Evaluation:
 
 @dataclass
 class _Job:
+    """One teacher request. Messages are built only when it is sent: a 100k-pair run has
+    hundreds of thousands of jobs, and each prompt holds a few KB of template text."""
+
     key: str
     pair: Pair
     kind: str
-    messages: list[dict[str, Any]]
+    build: Callable[[], list[dict[str, Any]]]
     params: SamplingParams
     digest: str
     meta: dict[str, Any]
@@ -243,7 +247,7 @@ class Parrot:
             async def worker() -> None:
                 for job in it:
                     try:
-                        messages = self._materialize(job.messages)
+                        messages = self._materialize(job.build())
                     except OSError as exc:
                         from ..backends import Generation
 
@@ -360,8 +364,8 @@ class Parrot:
                 for order in self.orders_for(pair):
                     shown = [pair.image_a, pair.image_b] if order == "AB" else [pair.image_b, pair.image_a]
                     label = pair.label if order == "AB" else (flip(pair.label) or "tie")  # type: ignore[arg-type]
-                    msgs = anchor_pairwise_messages(pair.task, pair.prompt, shown[0], shown[1], pair.source,
-                                                    label, self.judge, self.teacher_templates)
+                    msgs = partial(anchor_pairwise_messages, pair.task, pair.prompt, shown[0], shown[1], pair.source,
+                                   label, self.judge, self.teacher_templates)
                     params = self._anchor_params(k)
                     key = f"{pair.id}|pairwise|s{k}|{order}"
                     digest = _sha([self._template_digest, "anchor-pairwise", pair.task, pair.prompt, shown,
@@ -373,8 +377,8 @@ class Parrot:
                     for side in ("A", "B"):
                         image = pair.image_a if side == "A" else pair.image_b
                         standing = "tie" if pair.label == "tie" else ("won" if pair.label == side else "lost")
-                        msgs = anchor_pointwise_messages(pair.task, pair.prompt, image, pair.source, standing,
-                                                         self.judge, self.teacher_templates)
+                        msgs = partial(anchor_pointwise_messages, pair.task, pair.prompt, image, pair.source,
+                                       standing, self.judge, self.teacher_templates)
                         params = self._anchor_params(k)
                         key = f"{pair.id}|pointwise|s{k}|{side}"
                         digest = _sha([self._template_digest, "anchor-pointwise", pair.task, pair.prompt, image,
@@ -508,32 +512,39 @@ class Parrot:
         f = self.cfg.filter
         return f.repredict and (unit.kind == "pairwise" or f.repredict_pointwise)
 
-    def repredict_jobs(self, unit: Unit, ev: Evaluation) -> list[_Job]:
-        """The re-prediction requests of a unit that passed the model-free checks."""
+    def repredict_specs(self, unit: Unit, ev: Evaluation) -> list[dict[str, Any]]:
+        """The re-prediction requests of a unit that passed the model-free checks, as plain data
+        (``key``, ``variant``, ``images``, ``notes``, ``digest``)."""
         f = self.cfg.filter
         pair = unit.pair
-        params = SamplingParams(temperature=f.repredict_temperature, max_tokens=f.repredict_max_tokens,
-                                seed=self.cfg.anchor.seed)
         if unit.kind == "pairwise":
             shown = [pair.image_a, pair.image_b] if unit.order == "AB" else [pair.image_b, pair.image_a]
-            base_notes = ev.notes["AB"]
-            variants = [("same", shown, base_notes)]
+            variants = [("same", shown, ev.notes["AB"])]
             if f.repredict_both_orders:
-                variants.append(("swap", shown[::-1], swap_letters(base_notes)))
+                variants.append(("swap", shown[::-1], swap_letters(ev.notes["AB"])))
         else:
             shown = [pair.image_a, pair.image_b]
             variants = [("same", shown, ev.notes["AB"])]
             if f.repredict_both_orders:
                 variants.append(("swap", shown[::-1], ev.notes["BA"]))
-        jobs = []
-        for variant, images, notes in variants:
-            msgs = repredict_messages(pair.task, pair.prompt, images[0], images[1], pair.source, notes,
-                                      self.judge, self.teacher_templates)
-            digest = _sha([self._template_digest, "repredict", pair.task, pair.prompt, images, pair.source, notes,
-                           params.key()])[:16]
-            jobs.append(_Job(f"{unit.key}|repredict|{variant}", pair, "repredict", msgs, params, digest,
-                             {"unit": unit.key, "variant": variant}))
-        return jobs
+        params = self._repredict_params()
+        return [{"key": f"{unit.key}|repredict|{variant}", "variant": variant, "images": images, "notes": notes,
+                 "digest": _sha([self._template_digest, "repredict", pair.task, pair.prompt, images, pair.source,
+                                 notes, params.key()])[:16]}
+                for variant, images, notes in variants]
+
+    def _repredict_params(self) -> SamplingParams:
+        f = self.cfg.filter
+        return SamplingParams(temperature=f.repredict_temperature, max_tokens=f.repredict_max_tokens,
+                              seed=self.cfg.anchor.seed)
+
+    def _repredict_build(self, checks: RowLog, unit_key: str, index: int, pair: Pair) -> list[dict[str, Any]]:
+        # The notes live on disk (work/checks.jsonl) until the request is sent.
+        row = checks.get(unit_key)
+        assert row is not None, unit_key
+        spec = row["specs"][index]
+        return repredict_messages(pair.task, pair.prompt, spec["images"][0], spec["images"][1], pair.source,
+                                  spec["notes"], self.judge, self.teacher_templates)
 
     def _repredict_row(self, job: _Job, gen: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"key": job.key, "id": job.pair.id, **job.meta, "generated": gen.ok, "digest": job.digest}
@@ -549,32 +560,45 @@ class Parrot:
                    usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
         return row
 
-    def _walk(self, anchored: RowLog, digests: dict[str, str]) -> Iterator[tuple[Pair, list[tuple[Unit, Evaluation]]]]:
-        for pair in self.pairs():
-            units = self.units(pair)
-            if not units:
-                continue
-            keys = [k for u in units for k in u.anchored]
-            rows = dict(anchored.read_many(keys))
-            yield pair, [(u, self.evaluate(u, [rows[k] for k in u.anchored], digests)) for u in units]
-
     async def afilter(self) -> dict[str, int]:
-        """Phase 2: run the checks, re-predict the survivors, select, write ``filtered.jsonl``."""
+        """Phase 2: run the checks, re-predict the survivors, select, write ``filtered.jsonl``.
+
+        Pass 1 parses every rationale once and writes the model-free verdicts to
+        ``work/checks.jsonl``; the re-predictions run; pass 2 decides and selects from those two
+        files, pair by pair, so memory stays flat however many pairs there are.
+        """
         t0 = time.perf_counter()
         if not self.anchored_path.exists():
             raise ParrotError(f"{self.out} has no anchored.jsonl: run `parrot anchor` first")
         pairs = self.pairs()
         digests = {j.key: j.digest for j in self.anchor_jobs(pairs)}
         anchored = RowLog(self.anchored_path, key="key", is_done=_generated)
+        checks_path = self.out / "work" / "checks.jsonl"
+        checks_path.unlink(missing_ok=True)
+        checks = RowLog(checks_path, key="key", is_done=lambda _r: True, fsync_every_s=3600.0)
         log = RowLog(self.repredict_path, key="key", is_done=_generated, tag="digest")
+        params = self._repredict_params()
         jobs: list[_Job] = []
-        for _pair, evals in self._walk(anchored, digests):
-            for unit, ev in evals:
-                if ev.pending or ev.reasons or not self._needs_repredict(unit):
-                    continue
-                for job in self.repredict_jobs(unit, ev):
-                    if not (log.is_key_done(job.key) and log.tag_of(job.key) == job.digest):
-                        jobs.append(job)
+        for pair in pairs:
+            units = self.units(pair)
+            if not units:
+                continue
+            rows = dict(anchored.read_many([k for u in units for k in u.anchored]))
+            for unit in units:
+                ev = self.evaluate(unit, [rows[k] for k in unit.anchored], digests)
+                specs = self.repredict_specs(unit, ev) if (
+                    not ev.pending and not ev.reasons and self._needs_repredict(unit)) else []
+                record = asdict(ev)
+                record.pop("notes")
+                checks.append({"key": unit.key, **record, "specs": specs})
+                for i, spec in enumerate(specs):
+                    if log.is_key_done(spec["key"]) and log.tag_of(spec["key"]) == spec["digest"]:
+                        continue
+                    jobs.append(_Job(spec["key"], pair, "repredict",
+                                     partial(self._repredict_build, checks, unit.key, i, pair), params,
+                                     spec["digest"], {"unit": unit.key, "variant": spec["variant"]}))
+        checks.sync()
+        anchored.close()
         self.log(f"filter: {len(jobs)} re-prediction call(s) to run")
         failed = 0
 
@@ -589,11 +613,12 @@ class Parrot:
         finally:
             log.sync()
         counts = {"rationales": 0, "kept": 0, "pending": 0, "repredict_ran": len(jobs), "repredict_failed": failed}
-        rows = self._filtered_rows(anchored, log, digests, counts)
-        write_jsonl_atomic(self.filtered_path, rows)
-        log.finalize(self._repredict_order([r["key"] for r in iter_jsonl(self.filtered_path)]), keep_others=True)
+        write_jsonl_atomic(self.filtered_path, self._filtered_rows(pairs, checks, log, counts))
+        log.finalize([k for p in pairs for u in self.units(p) for k in (f"{u.key}|repredict|same",
+                                                                         f"{u.key}|repredict|swap")])
         log.close()
-        anchored.close()
+        checks.close()
+        checks_path.unlink(missing_ok=True)
         if failed:
             self.log(f"filter: {failed} re-prediction call(s) failed; rerun the same command to retry them")
         if counts["pending"]:
@@ -601,22 +626,19 @@ class Parrot:
         self.timing["filter_s"] = round(time.perf_counter() - t0, 3)
         return counts
 
-    def _repredict_order(self, unit_keys: list[str]) -> list[str]:
-        return [f"{k}|repredict|{v}" for k in unit_keys for v in ("same", "swap")]
-
-    def _decide_repredict(self, unit: Unit, log: RowLog, ev: Evaluation) -> tuple[str | None, dict[str, Any], bool]:
+    def _decide_repredict(self, unit: Unit, specs: list[dict[str, Any]],
+                          answers: dict[str, dict[str, Any] | None]) -> tuple[str | None, dict[str, Any], bool]:
         """(reason, details, pending) from the stored re-prediction answers."""
         expected = unit.shown_label if unit.kind == "pairwise" else unit.pair.label
         details: dict[str, Any] = {"expected": expected, "orders": []}
         outcomes = []
-        for job in self.repredict_jobs(unit, ev):
-            if not (log.is_key_done(job.key) and log.tag_of(job.key) == job.digest):
+        for spec in specs:
+            row = answers.get(spec["key"])
+            if row is None or not row.get("generated") or row.get("digest") != spec["digest"]:
                 return None, details, True
-            row = log.get(job.key)
-            assert row is not None
             predicted = row.get("predicted")
-            mapped = flip(predicted) if row["variant"] == "swap" else predicted
-            details["orders"].append({"variant": row["variant"], "predicted": mapped,
+            mapped = flip(predicted) if spec["variant"] == "swap" else predicted
+            details["orders"].append({"variant": spec["variant"], "predicted": mapped,
                                       "verdict_scores": row.get("verdict_scores"),
                                       "final_verdict": row.get("final_verdict"), "parse_error": row.get("parse_error")})
             outcomes.append(None if predicted is None else mapped == expected)
@@ -629,27 +651,34 @@ class Parrot:
             return "repredict_order_disagreement", details, False
         return None, details, False
 
-    def _filtered_rows(self, anchored: RowLog, log: RowLog, digests: dict[str, str],
+    def _filtered_rows(self, pairs: list[Pair], checks: RowLog, log: RowLog,
                        counts: dict[str, int]) -> Iterator[dict[str, Any]]:
         sel = self.cfg.filter.select
-        for pair, evals in self._walk(anchored, digests):
+        for pair in pairs:
+            units = self.units(pair)
+            if not units:
+                continue
+            evs = dict(checks.read_many([u.key for u in units]))
+            answers = dict(log.read_many([s["key"] for u in units for s in (evs[u.key] or {}).get("specs", [])]))
             rows = []
-            for unit, ev in evals:
+            for unit in units:
+                ev = evs[unit.key] or {}
                 row: dict[str, Any] = {"key": unit.key, "id": pair.id, "kind": unit.kind, "sample": unit.sample,
                                        "task": pair.task, "label": pair.label}
                 if unit.kind == "pairwise":
                     row.update(order=unit.order, shown_label=unit.shown_label)
                 row.update(kept=False, reason=None, reasons=[], pending=False)
                 counts["rationales"] += 1
-                if ev.pending:
+                if ev.get("pending", True):
                     row.update(reason="pending", pending=True)
                     counts["pending"] += 1
                     rows.append((unit, ev, row))
                     continue
-                row.update(margin=ev.margin, implied=ev.implied, leak=ev.leak, parse_error=ev.parse_error, **ev.extra)
-                reasons = list(ev.reasons)
-                if not reasons and self._needs_repredict(unit):
-                    reason, details, pending = self._decide_repredict(unit, log, ev)
+                row.update(margin=ev["margin"], implied=ev["implied"], leak=ev["leak"], parse_error=ev["parse_error"],
+                           **ev["extra"])
+                reasons = list(ev["reasons"])
+                if not reasons and ev["specs"]:
+                    reason, details, pending = self._decide_repredict(unit, ev["specs"], answers)
                     row["repredict"] = details
                     if pending:
                         row.update(reason="pending", pending=True)
@@ -671,16 +700,18 @@ class Parrot:
                 elif sel == "first":
                     chosen = alive[:1]
                 else:
-                    chosen = [max(alive, key=lambda t: (t[1].margin if t[1].margin is not None else float("-inf"),
-                                                        -alive.index(t)))]
+                    # Largest margin towards the label; the earliest sample wins a draw.
+                    best = max(range(len(alive)), key=lambda i: (
+                        alive[i][1]["margin"] if alive[i][1]["margin"] is not None else float("-inf"), -i))
+                    chosen = [alive[best]]
                 for u, ev, r in alive:
                     if any(r is c[2] for c in chosen):
                         r["kept"] = True
                         counts["kept"] += 1
                         if u.kind == "pairwise":
-                            r["rationale"] = ev.rationale["pairwise"]
+                            r["rationale"] = ev["rationale"]["pairwise"]
                         else:
-                            r["rationale_a"], r["rationale_b"] = ev.rationale["A"], ev.rationale["B"]
+                            r["rationale_a"], r["rationale_b"] = ev["rationale"]["A"], ev["rationale"]["B"]
                     else:
                         r.update(reason="not_selected", reasons=["not_selected"])
             for _u, _ev, r in rows:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..critique.prompts import TemplateSet, build_messages, render_text
+from ..critique.prompts import TemplateSet, build_messages, neutralize_request, render_text
 from .checks import LeakDetector
 from .config import ParrotConfig
 from .data import Pair
@@ -121,6 +121,18 @@ def build_sft(
     pair_sets: dict[str, set[str]] = {split: set() for split in SPLITS}
     dropped: Counter[str] = Counter()
     writers = _Writers(root)
+    skeletons: dict[str, bool] = {}
+
+    def mentions_preference(messages: list[dict[str, Any]], request: str) -> bool:
+        # The template part of a prompt repeats for every example: check it once, and the
+        # request (the only free text) every time.
+        text = prompt_text(messages)
+        neutral = neutralize_request(request)
+        skeleton = text.replace(neutral, "")
+        if skeleton not in skeletons:
+            skeletons[skeleton] = bool(guard.find(skeleton))
+        return skeletons[skeleton] or bool(guard.find(neutral))
+
     try:
         for row in filtered:
             if not row.get("kept"):
@@ -133,7 +145,7 @@ def build_sft(
                 continue
             split = split_of(pair.id, s.val_fraction, s.split_seed)
             for ex in student_examples(pair, row, judge):
-                if guard.find(prompt_text(ex["messages"])):
+                if mentions_preference(ex["messages"], pair.prompt):
                     # The request itself reads like a label statement; a student prompt must
                     # never carry one, so the example goes rather than the guarantee.
                     dropped["prompt_mentions_preference"] += 1

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..cli.common import (
     EXIT_INPUT,
-    AggregationOpt,
-    ApiKeyOpt,
-    BaseUrlOpt,
-    BatchSizeOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    DeviceOpt,
-    DtypeOpt,
-    MaxPixelsOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    RetriesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TemplatesOpt,
-    TimeoutOpt,
-    backend_options,
+    backend_command,
     err_console,
     fail,
     make_reward_model,
 )
 
 
+@backend_command(defaults={"concurrency": 64})
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
@@ -44,22 +29,7 @@ def serve(
         "--scores-only/--full-critique",
         help="Default for requests that do not say: stop the judge before the refinement tail.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    concurrency: ConcurrencyOpt = 64,
-    timeout: TimeoutOpt = 300.0,
-    max_retries: RetriesOpt = 4,
-    temperature: TemperatureOpt = 0.1,
-    max_tokens: MaxTokensOpt = 4096,
-    seed: SeedOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
+    backend: dict[str, Any] | None = None,
 ) -> None:
     """Serve rewards over HTTP: POST /v1/reward, POST /v1/compare, GET /healthz, GET /metrics."""
     from .server import is_loopback
@@ -73,9 +43,8 @@ def serve(
     except ModuleNotFoundError as exc:
         fail(f"the reward server needs FastAPI and uvicorn ({exc.name} is missing): "
              "pip install 'rationalrewards[serve]'", EXIT_INPUT)
-    opts = backend_options(base_url, model, api_key, concurrency, timeout, max_retries, temperature, max_tokens,
-                           seed, device, dtype, batch_size, max_pixels, cache, templates, aggregation)
-    rm = make_reward_model(opts)
+    assert backend is not None
+    rm = make_reward_model(backend)
     app = create_app(rm, token=token or None, max_body_bytes=int(max_body_mb * 1024 * 1024),
                      max_images_per_request=max_images_per_request, scores_only=scores_only,
                      close_on_shutdown=True)

@@ -1,0 +1,477 @@
+"""The end-to-end demo: the whole system, learning, offline, on two CPU cores.
+
+    from rationalrewards.demo import DemoConfig, run_demo
+    summary = run_demo(DemoConfig.preset(quick=True, out="runs/demo-quick"))
+    print(summary["student"]["accuracy"], summary["student"]["parse_rate"])
+
+Stages, each over one folder ``DIR`` and each skipped when already done with the same settings:
+
+1. ``world``   - preference pairs from the world's generator (train and held-out), refinement
+                 prompts, and the compact judge templates (``DIR/world``, ``DIR/templates``);
+2. ``parrot``  - PARROT phases 1-3 (anchor, filter, build-sft) with the scripted teacher, through
+                 :class:`rationalrewards.parrot.Parrot` (``DIR/parrot``), and the error rates of the
+                 raw and the kept rationales measured against the world's truth;
+3. ``student`` - a tiny Qwen3-VL built locally (tokenizer trained on the world's vocabulary) and
+                 trained from scratch by :func:`rationalrewards.parrot.train_student`
+                 (``DIR/student``);
+4. ``eval``    - :func:`rationalrewards.eval.evaluate` with the ``pairs`` benchmark on the held-out
+                 pairs, for the student and, as a reference, for the noisy teacher (``DIR/eval``);
+5. ``refine``  - Generate-Critique-Refine with the student as critic and the world's generator,
+                 against best-of-N at equal generations (``DIR/refine``);
+6. ``report``  - ``DIR/summary.json`` and ``DIR/report.html``.
+
+A killed run restarted with the same arguments continues where it stopped: every stage is either
+resumable itself (PARROT, training checkpoints, evaluation, refinement trajectories) or cheap and
+deterministic (the world). ``DIR/demo_state.json`` records the settings and the finished stages;
+a folder holding a run with other settings is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_json, atomic_write_text
+from .generator import ErrorRates, draw_scene
+from .world import (
+    JUDGE_TEMPLATES,
+    Intent,
+    Scene,
+    find_defects,
+    parse_request,
+    render_png,
+    sample_task,
+    true_reward,
+    true_scores,
+    write_templates,
+)
+
+STATE_FILE = "demo_state.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+STAGES = ("world", "parrot", "student", "eval", "refine", "report")
+SUMMARY_VERSION = 1
+
+Log = Callable[[str], None]
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run as asked (a folder holding another run, a missing dependency...)."""
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of a demo run. :meth:`preset` gives the default and the ``--quick`` budgets.
+
+    World: ``train_pairs`` / ``eval_pairs`` preference pairs, ``refine_prompts`` requests to
+    refine, ``edit_rate`` share of edit tasks, ``cue_rate`` chance that a prompt carries each
+    explicitness cue, ``image_size`` pixels per side.
+    Teacher and PARROT: ``teacher_noise`` (share of answers with one missed or hallucinated
+    defect), ``rationalize`` (see :class:`~.teacher.DemoTeacher`), ``samples`` anchored rationales
+    per pair, ``filter`` (False: train on the raw teacher output, the ablation).
+    Student: tiny Qwen3-VL sizes, optimiser settings, ``max_steps`` optimiser steps of
+    ``batch_size`` examples, ``max_new_tokens`` for greedy decoding.
+    Refinement: ``refine_rounds`` rounds after round 0 with ``refine_candidates`` images each.
+    """
+
+    out: str = "runs/demo"
+    quick: bool = False
+    seed: int = 0
+    train_pairs: int = 1000
+    eval_pairs: int = 100
+    refine_prompts: int = 8
+    edit_rate: float = 0.25
+    cue_rate: float = 0.2
+    image_size: int = 96
+    teacher_noise: float = 0.3
+    rationalize: float = 0.5
+    samples: int = 2
+    filter: bool = True
+    hidden_size: int = 128
+    num_layers: int = 2
+    vocab_size: int = 1024
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    max_steps: int = 600
+    warmup_ratio: float = 0.03
+    max_new_tokens: int = 240
+    eval_batch_size: int = 16
+    refine_rounds: int = 2
+    refine_candidates: int = 2
+    teacher_reference: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
+        """The default budget (about 10 minutes on two cores) or the ``--quick`` one (under 2)."""
+        base: dict[str, Any] = {"quick": quick}
+        if quick:
+            base.update(train_pairs=240, eval_pairs=40, refine_prompts=4, max_steps=150, samples=1,
+                        refine_rounds=1, teacher_reference=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**base)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise :class:`ValueError` naming the first bad setting."""
+        positive = ("train_pairs", "eval_pairs", "image_size", "samples", "hidden_size", "num_layers", "vocab_size",
+                    "batch_size", "max_steps", "max_new_tokens", "eval_batch_size", "refine_candidates")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("refine_prompts", "refine_rounds"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("edit_rate", "cue_rate", "teacher_noise", "rationalize", "warmup_ratio"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.image_size < 32:
+            raise ValueError("image_size must be at least 32 pixels (one visual token)")
+        if self.hidden_size % 8:
+            raise ValueError("hidden_size must be a multiple of 8")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Digest of the settings that shape results (``out`` excluded)."""
+        d = self.to_json()
+        d.pop("out", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 1: the world's data
+# ------------------------------------------------------------------------------------------------
+
+
+def _category(intent: Intent, a: Scene, b: Scene) -> str:
+    """What separates the two images: the dimension with the largest true score gap."""
+    sa, sb = true_scores(intent, a), true_scores(intent, b)
+    gaps = {k: abs((sa[k] or 0.0) - (sb[k] or 0.0)) for k in sa if sa[k] is not None and sb[k] is not None}
+    dim = max(gaps, key=lambda k: (gaps[k], k)) if gaps else "text_faithfulness"
+    name = {"text_faithfulness": "instruction" if intent.task == "edit" else "objects",
+            "image_faithfulness": "preservation", "physical_quality": "artefacts", "text_rendering": "text"}[dim]
+    return f"{intent.task}/{name}"
+
+
+def make_pairs(folder: str | Path, n: int, *, seed: int, split: str, edit_rate: float = 0.25, cue_rate: float = 0.2,
+               image_size: int = 96, rates: ErrorRates | None = None) -> dict[str, Any]:
+    """Write ``n`` preference pairs of the world to ``folder``.
+
+    Each pair is one request and two images the generator drew for it with different seeds; the
+    label is the image with the higher *true* reward (pairs whose images tie are redrawn with
+    other seeds, or skipped). Files: ``pairs.jsonl`` (the ``pairs`` benchmark columns ``id,
+    prompt, image_a, image_b, source?, label, category``, read by PARROT and ``eval`` alike),
+    ``truth.jsonl`` (scenes, defects and true rewards, for measurements), ``images/``.
+    Deterministic: the same arguments write the same files.
+    """
+    out = Path(folder)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"demo-pairs:{seed}:{split}")
+    rows, truth = [], []
+    skipped = 0
+    for i in range(n):
+        task = sample_task(rng, f"{split}-{i:04d}", edit_rate=edit_rate, cue_rate=cue_rate)
+        src = task.intent.source
+        first = rng.randrange(1_000_000)
+        intent, scene_a = draw_scene(task.prompt, source=src, seed=first, rates=rates)
+        ra = true_reward(intent, scene_a)
+        scene_b = None
+        for k in range(1, 16):
+            _, cand = draw_scene(task.prompt, source=src, seed=first + k, rates=rates)
+            if abs(true_reward(intent, cand) - ra) > 1e-6:
+                scene_b = cand
+                break
+        if scene_b is None:
+            skipped += 1
+            continue
+        if rng.random() < 0.5:
+            scene_a, scene_b = scene_b, scene_a
+        rel = {side: f"images/{task.id}_{side}.png" for side in ("a", "b")}
+        _write_if_changed(out / rel["a"], render_png(scene_a, image_size))
+        _write_if_changed(out / rel["b"], render_png(scene_b, image_size))
+        ra, rb = true_reward(intent, scene_a), true_reward(intent, scene_b)
+        row: dict[str, Any] = {"id": task.id, "prompt": task.prompt, "image_a": rel["a"], "image_b": rel["b"],
+                               "label": "A" if ra > rb else "B", "category": _category(intent, scene_a, scene_b)}
+        if src is not None:
+            rel_src = f"images/{task.id}_src.png"
+            _write_if_changed(out / rel_src, render_png(src, image_size))
+            row["source"] = rel_src
+        rows.append(row)
+        truth.append({"id": task.id, "task": task.task, "prompt": task.prompt,
+                      "source": src.to_json() if src is not None else None,
+                      "scene_a": scene_a.to_json(), "scene_b": scene_b.to_json(), "reward_a": ra, "reward_b": rb,
+                      "defects_a": [d.code for d in find_defects(intent, scene_a)],
+                      "defects_b": [d.code for d in find_defects(intent, scene_b)]})
+    _write_jsonl(out / "pairs.jsonl", rows)
+    _write_jsonl(out / "truth.jsonl", truth)
+    return {"pairs": len(rows), "skipped_ties": skipped, "labels": dict(Counter(r["label"] for r in rows)),
+            "by_category": dict(sorted(Counter(r["category"] for r in rows).items()))}
+
+
+def make_refine_items(folder: str | Path, n: int, *, seed: int, edit_rate: float = 0.25, cue_rate: float = 0.0,
+                      image_size: int = 96) -> list[dict[str, Any]]:
+    """Requests to refine (``refine.jsonl``: ``id, prompt, source?``), written casually (no cues)
+    so that the generator errs often enough for refinement to have work."""
+    out = Path(folder)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"demo-refine:{seed}")
+    items = []
+    for i in range(n):
+        task = sample_task(rng, f"refine-{i:02d}", edit_rate=edit_rate, cue_rate=cue_rate)
+        item: dict[str, Any] = {"id": task.id, "prompt": task.prompt, "seed": 1000 * (i + 1)}
+        if task.intent.source is not None:
+            rel = f"images/{task.id}_src.png"
+            _write_if_changed(out / rel, render_png(task.intent.source, image_size))
+            item["source"] = rel
+        items.append(item)
+    _write_jsonl(out / "refine.jsonl", items)
+    return items
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def tokenizer_corpus(seed: int = 0, n: int = 300) -> list[str]:
+    """Text to train the student's BPE tokenizer on: the judge templates and answers written by
+    the teacher for random requests of the world, so that the critique vocabulary (headers,
+    defect phrases, cue sentences, scores) comes out as a few tokens per word."""
+    from .teacher import pairwise_answer, pointwise_answer
+
+    rng = random.Random(f"demo-corpus:{seed}")
+    lines: list[str] = []
+    for text in JUDGE_TEMPLATES.values():
+        lines += text.splitlines(keepends=True) * 3
+    for i in range(n):
+        task = sample_task(rng, f"corpus-{i}")
+        src = task.intent.source
+        intent, s1 = draw_scene(task.prompt, source=src, seed=2 * i)
+        _, s2 = draw_scene(task.prompt, source=src, seed=2 * i + 1)
+        lines.append(task.prompt + "\n")
+        lines += pointwise_answer(intent, find_defects(intent, s1)).splitlines(keepends=True)
+        lines += pairwise_answer(intent, find_defects(intent, s1), find_defects(intent, s2)).splitlines(keepends=True)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2: PARROT measurements
+# ------------------------------------------------------------------------------------------------
+
+
+def _truth_index(path: Path) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in _read_jsonl(path)}
+
+
+def _intent_of(t: dict[str, Any]) -> Intent:
+    src = Scene.from_json(t["source"]) if t.get("source") else None
+    return parse_request(t["prompt"], src)
+
+
+def rationale_errors(parrot_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
+    """How often the teacher's rationales are wrong, before and after PARROT's filter.
+
+    A rationale is *wrong* when the defects its text claims for some image differ from the
+    image's true defects (a miss or a hallucination). Raw: every parseable anchored rationale
+    (pairwise answers and pointwise A+B critique pairs, all samples). Kept: the rationales the
+    filter kept. Also counted: rationales whose own scores contradict the label.
+    """
+    from ..critique.parser import parse_comparison, parse_critique
+    from .teacher import claimed_defects
+
+    truth = _truth_index(Path(truth_path))
+    pdir = Path(parrot_dir)
+    anchored = {r["key"]: r for r in _read_jsonl(pdir / "anchored.jsonl")} if (pdir / "anchored.jsonl").is_file() else {}
+    filtered = _read_jsonl(pdir / "filtered.jsonl") if (pdir / "filtered.jsonl").is_file() else []
+
+    def wrong_pairwise(pid: str, order: str | None, text: str) -> bool:
+        t = truth[pid]
+        intent = _intent_of(t)
+        claims = claimed_defects(text, intent)
+        shown = ("a", "b") if order != "BA" else ("b", "a")
+        return any(sorted(d.code for d in claims.get(side, [])) != sorted(t[f"defects_{src}"])
+                   for side, src in zip(("A", "B"), shown, strict=True))
+
+    def wrong_pointwise(pid: str, side: str, text: str) -> bool:
+        t = truth[pid]
+        claims = claimed_defects(text, _intent_of(t)).get("image", [])
+        return sorted(d.code for d in claims) != sorted(t[f"defects_{side.lower()}"])
+
+    raw = Counter()
+    contradicts = Counter()
+    units: dict[str, list[dict[str, Any]]] = {}
+    for key, row in anchored.items():
+        if not row.get("generated") or row["id"] not in truth:
+            continue
+        if row["kind"] == "pairwise":
+            res = parse_comparison(row["raw"], row["task"])
+            if not res.ok:
+                continue
+            raw["pairwise"] += 1
+            raw["pairwise_wrong"] += wrong_pairwise(row["id"], row.get("order"), row["raw"])
+            contradicts["pairwise"] += res.winner != row.get("shown_label")
+        else:
+            units.setdefault(key.rsplit("|", 1)[0], []).append(row)
+    for rows in units.values():
+        if len(rows) != 2:
+            continue
+        crit = {r["side"]: parse_critique(r["raw"], r["task"]) for r in rows}
+        if not all(c.ok for c in crit.values()):
+            continue
+        raw["pointwise"] += 1
+        raw["pointwise_wrong"] += any(wrong_pointwise(r["id"], r["side"], r["raw"]) for r in rows)
+        label = rows[0]["label"]
+        ra, rb = crit["A"].reward or 0.0, crit["B"].reward or 0.0
+        contradicts["pointwise"] += ("A" if ra > rb else "B" if rb > ra else "tie") != label
+    kept = Counter()
+    for row in filtered:
+        if not row.get("kept") or row["id"] not in truth:
+            continue
+        if row["kind"] == "pairwise":
+            kept["pairwise"] += 1
+            kept["pairwise_wrong"] += wrong_pairwise(row["id"], row.get("order"), row.get("rationale", ""))
+        else:
+            kept["pointwise"] += 1
+            kept["pointwise_wrong"] += (wrong_pointwise(row["id"], "A", row.get("rationale_a", ""))
+                                        or wrong_pointwise(row["id"], "B", row.get("rationale_b", "")))
+
+    def rate(c: Counter, kinds: tuple[str, ...]) -> float | None:
+        n = sum(c[k] for k in kinds)
+        return round(sum(c[f"{k}_wrong"] for k in kinds) / n, 4) if n else None
+
+    both = ("pairwise", "pointwise")
+    return {
+        "definition": "share of rationales whose claimed defects differ from the true defects of some image",
+        "raw": {"n": raw["pairwise"] + raw["pointwise"], "error_rate": rate(raw, both),
+                "pairwise": rate(raw, ("pairwise",)), "pointwise": rate(raw, ("pointwise",)),
+                "scores_contradict_label": round((contradicts["pairwise"] + contradicts["pointwise"])
+                                                 / max(1, raw["pairwise"] + raw["pointwise"]), 4)},
+        "kept": {"n": kept["pairwise"] + kept["pointwise"], "error_rate": rate(kept, both),
+                 "pairwise": rate(kept, ("pairwise",)), "pointwise": rate(kept, ("pointwise",))},
+    }
+
+
+def unfiltered_rows(parrot: Any) -> list[dict[str, Any]]:
+    """Rows in ``filtered.jsonl`` form that keep every parseable anchored rationale of sample 0:
+    the raw teacher output, for the no-filter ablation (PARROT's own files are left untouched)."""
+    from ..critique.parser import parse_comparison, parse_critique
+    from ..parrot.prompts import clean_rationale
+
+    anchored = {r["key"]: r for r in _read_jsonl(parrot.anchored_path)}
+    rows = []
+    for pair in parrot.usable(parrot.pairs()):
+        for unit in parrot.units(pair):
+            if unit.sample != 0:
+                continue
+            got = [anchored.get(k) for k in unit.anchored]
+            if any(g is None or not g.get("generated") for g in got):
+                continue
+            row: dict[str, Any] = {"key": unit.key, "id": pair.id, "kind": unit.kind, "sample": 0, "task": pair.task,
+                                   "label": pair.label, "kept": True, "reason": None, "reasons": [], "unfiltered": True}
+            if unit.kind == "pairwise":
+                raw = got[0]["raw"]  # type: ignore[index]
+                if not parse_comparison(raw, pair.task).ok:
+                    continue
+                row.update(order=unit.order, shown_label=unit.shown_label, rationale=clean_rationale(raw))
+            else:
+                by_side = {g["side"]: g["raw"] for g in got}  # type: ignore[index]
+                if not all(parse_critique(by_side[s], pair.task).ok for s in ("A", "B")):
+                    continue
+                row.update(rationale_a=clean_rationale(by_side["A"]), rationale_b=clean_rationale(by_side["B"]))
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 5: refinement measurements
+# ------------------------------------------------------------------------------------------------
+
+
+def _true_of(prompt: str, request: str, source: Scene | None, seed: int, rates: ErrorRates | None) -> float:
+    """True reward, against the ORIGINAL prompt, of the image the generator drew for (request, seed)."""
+    intent = parse_request(prompt, source)
+    _, scene = draw_scene(request, source=source, seed=seed, rates=rates)
+    return true_reward(intent, scene)
+
+
+def trajectory_metrics(traj: Any, source: Scene | None, rates: ErrorRates | None = None) -> dict[str, Any]:
+    """Student and true rewards of round 0's best, the final best and best-of-N's best.
+
+    The generator is deterministic in (request, seed), so the scene behind every image of the
+    trajectory is recomputed here and scored by the world's truth.
+    """
+    out: dict[str, Any] = {"id": traj.id, "prompt": traj.prompt, "rounds": len(traj.rounds),
+                           "generations": traj.usage.generator_calls, "stop_reason": traj.stop_reason,
+                           "error": traj.error}
+    r0 = traj.rounds[0] if traj.rounds else None
+
+    def cand_true(request: str, cand: Any) -> float:
+        return _true_of(traj.prompt, request, source, cand.seed, rates)
+
+    if r0 is not None and r0.round_best is not None:
+        c = r0.candidates[r0.round_best]
+        out["round0"] = {"student": c.reward, "true": cand_true(r0.request, c)}
+        out["round0_mean_true"] = round(sum(cand_true(r0.request, x) for x in r0.candidates) / len(r0.candidates), 6)
+    if traj.best is not None:
+        best = traj.best
+        cand = traj.rounds[best.round].candidates[best.candidate]
+        out["final"] = {"student": best.reward, "true": cand_true(best.request, cand), "round": best.round,
+                        "request": best.request}
+    base = traj.baseline
+    if base is not None and base.best is not None:
+        bc = next(c for c in base.candidates if c.index == base.best.candidate)
+        out["best_of_n"] = {"student": base.best.reward, "true": cand_true(traj.prompt, bc),
+                            "generations": base.generations}
+    # Per round: the mean true reward of what the generator drew for that round's request.
+    out["round_true_mean"] = [round(sum(cand_true(r.request, c) for c in r.candidates) / max(1, len(r.candidates)), 6)
+                              for r in traj.rounds]
+    out["requests"] = [r.request for r in traj.rounds]
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
+def summarize_refinement(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the refined requests (student-judged and true rewards)."""
+    out: dict[str, Any] = {"n": len(metrics)}
+    for who in ("student", "true"):
+        out[f"{who}_reward"] = {
+            "round0_best": _mean([m.get("round0", {}).get(who) for m in metrics]),
+            "final_best": _mean([m.get("final", {}).get(who) for m in metrics]),
+            "best_of_n": _mean([m.get("best_of_n", {}).get(who) for m in metrics]),
+        }
+    out["true_reward"]["round0_mean"] = _mean([m.get("round0_mean_true") for m in metrics])
+    out["generations"] = {"refine": sum(m.get("generations") or 0 for m in metrics),
+                          "best_of_n": sum((m.get("best_of_n") or {}).get("generations") or 0 for m in metrics)}
+    out["improved_over_round0"] = sum(1 for m in metrics if (m.get("final", {}).get("true") or 0)
+                                      > (m.get("round0", {}).get("true") or 0))
+    out["errors"] = [m["error"] for m in metrics if m.get("error")]
+    return out
