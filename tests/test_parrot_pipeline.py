@@ -368,7 +368,7 @@ def test_cli_killed_with_sigkill_mid_run_resumes_to_identical_outputs(pairs_file
     out = tmp_path / "killed"
     args = ["run", "--pairs", str(pairs_file), "--out", str(out), "--val-fraction", "0.3",
             "--concurrency", "3", "--max-retries", "0"]
-    with ScriptedServer(scripted_teacher(), latency_s=0.03) as server:
+    with ScriptedServer(scripted_teacher(), latency_s=0.05) as server:
         proc = _cli(*args, "--teacher-base-url", server.base_url, "--teacher-model", "teacher")
         anchored = out / "anchored.jsonl"
         deadline = time.monotonic() + 30

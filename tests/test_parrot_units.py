@@ -148,9 +148,56 @@ def test_ties_can_be_trained_on_when_asked(tmp_path):
         cfg = resolve_config(overrides={
             "pairs": str(tmp_path / "p.jsonl"), "out": str(tmp_path / "out"),
             "teacher": {"base_url": [server.base_url], "model": "t", "max_retries": 0},
-            "input": {"include_ties": True}, "anchor": {"samples": 1}, "sft": {"val_fraction": 0.0},
+            "input": {"include_ties": True}, "anchor": {"samples": 1},
+            "sft": {"val_fraction": 0.0, "save_hf_dataset": True},
         })
         stats = Parrot(cfg).run()
     assert stats["pairs"]["used"] == 1
     assert stats["filter"]["pairwise"]["kept"] == 1 and stats["filter"]["pointwise"]["kept"] == 1
     assert stats["score_distributions"]["pairwise_tie"]["text_faithfulness"]["n"] == 2
+    # --save-hf-dataset: a self-contained copy for datasets.load_from_disk.
+    import datasets
+
+    hf = datasets.load_from_disk(str(tmp_path / "out" / "sft" / "hf"))
+    assert len(hf["train"]) == 3 and hf["train"][0]["images"][0].size == (16, 16)
+
+
+def test_the_example_config_is_valid(examples_dir):
+    cfg = ParrotConfig.from_yaml(examples_dir / "parrot.yaml")
+    assert cfg.train.learning_rate == 1e-5 and cfg.train.grad_accum == 4 and cfg.train.freeze_vision
+    assert len(cfg.teacher.base_url) == 2 and cfg.anchor.orders == "balanced"
+
+
+def test_an_input_row_edited_in_place_is_read_and_anchored_again(tmp_path):
+    from rationalrewards.parrot.pipeline import Parrot
+    from rationalrewards.parrot.scripted import scripted_teacher
+    from rationalrewards.testing.scripted_server import ScriptedServer
+
+    for c in ("red", "blue"):
+        Image.new("RGB", (16, 16), c).save(tmp_path / f"{c}.png")
+    row = {"id": "x", "prompt": "a red kite", "image_a": "red.png", "image_b": "blue.png", "label": "A"}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n")
+    with ScriptedServer(scripted_teacher()) as server:
+        cfg = resolve_config(overrides={
+            "pairs": str(tmp_path / "p.jsonl"), "out": str(tmp_path / "out"),
+            "teacher": {"base_url": [server.base_url], "model": "t", "max_retries": 0},
+            "anchor": {"samples": 1, "pointwise": False, "orders": "as-is"},
+        })
+        Parrot(cfg).run()
+        assert server.chat_request_count == 2
+        (tmp_path / "p.jsonl").write_text(json.dumps({**row, "label": "B"}) + "\n")
+        stats = Parrot(cfg).run()
+        assert server.chat_request_count == 4  # the relabelled pair is anchored and re-predicted again
+    assert stats["pairs"]["labels"] == {"B": 1}
+    anchored = [json.loads(line) for line in (tmp_path / "out" / "anchored.jsonl").read_text().splitlines()]
+    assert [r["shown_label"] for r in anchored] == ["B"]
+
+
+def test_a_teacher_that_parrots_the_preference_sentence_is_caught():
+    from rationalrewards.parrot.prompts import TeacherTemplates
+
+    phrases = TeacherTemplates.load().phrases
+    for key in ("pairwise_preferred", "pairwise_tie"):
+        assert LeakDetector().find(phrases[key].format(preferred="Image B", other="Image A")), key
+    for key in ("pointwise_won", "pointwise_lost", "pointwise_tie"):
+        assert LeakDetector(pointwise=True).find(phrases[key]), key

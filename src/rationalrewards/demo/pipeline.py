@@ -475,3 +475,308 @@ def summarize_refinement(metrics: list[dict[str, Any]]) -> dict[str, Any]:
                                       > (m.get("round0", {}).get("true") or 0))
     out["errors"] = [m["error"] for m in metrics if m.get("error")]
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+class DemoRun:
+    """One demo run over ``cfg.out`` (see the module docstring for the stages).
+
+    Args:
+        cfg: the settings (:meth:`DemoConfig.preset`).
+        log: receives one-line progress messages (the CLI prints them on stderr).
+        overwrite: start afresh in a folder that holds a run with other settings (its demo files
+            are replaced; nothing else in the folder is touched).
+    """
+
+    def __init__(self, cfg: DemoConfig, *, log: Log | None = None, overwrite: bool = False):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.log = log or (lambda _m: None)
+        self.rates = ErrorRates()
+        self._student: Any = None
+        self.state = self._load_state(overwrite)
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def templates_dir(self) -> Path:
+        return self.out / "templates"
+
+    @property
+    def world_dir(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def parrot_dir(self) -> Path:
+        return self.out / "parrot"
+
+    @property
+    def student_dir(self) -> Path:
+        return self.out / "student" / "model"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.out / "eval"
+
+    @property
+    def refine_dir(self) -> Path:
+        return self.out / "refine"
+
+    # -- state ----------------------------------------------------------------------------------
+    def _load_state(self, overwrite: bool) -> dict[str, Any]:
+        path = self.out / STATE_FILE
+        fresh = {"fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_json(), "stages": {}}
+        if not path.is_file():
+            return fresh
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict) and state.get("fingerprint") == fresh["fingerprint"]:
+            state.setdefault("stages", {})
+            return state
+        if not overwrite:
+            raise DemoError(f"{self.out} holds a demo run with other settings; use another --out (or --overwrite)")
+        import shutil
+
+        for name in ("world", "parrot", "student", "eval", "refine", "templates"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        for name in (STATE_FILE, SUMMARY_FILE, REPORT_FILE):
+            (self.out / name).unlink(missing_ok=True)
+        return fresh
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def _finish(self, stage: str, seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+        self.state["stages"][stage] = {"done": True, "seconds": round(seconds, 2), "result": result}
+        self._save_state()
+        return result
+
+    def result(self, stage: str) -> dict[str, Any]:
+        return self.state["stages"].get(stage, {}).get("result", {})
+
+    # -- stages ---------------------------------------------------------------------------------
+    def world(self) -> dict[str, Any]:
+        """Stage 1: templates, train and held-out pairs, refinement requests."""
+        cfg = self.cfg
+        write_templates(self.templates_dir)
+        common = {"edit_rate": cfg.edit_rate, "cue_rate": cfg.cue_rate, "image_size": cfg.image_size, "rates": self.rates}
+        train = make_pairs(self.world_dir / "train", cfg.train_pairs, seed=cfg.seed, split="train", **common)
+        heldout = make_pairs(self.world_dir / "heldout", cfg.eval_pairs, seed=cfg.seed, split="heldout", **common)
+        items = make_refine_items(self.world_dir / "refine", cfg.refine_prompts, seed=cfg.seed, edit_rate=cfg.edit_rate,
+                                  image_size=cfg.image_size)
+        train_prompts = {r["prompt"] for r in _read_jsonl(self.world_dir / "train" / "pairs.jsonl")}
+        overlap = sum(1 for r in _read_jsonl(self.world_dir / "heldout" / "pairs.jsonl") if r["prompt"] in train_prompts)
+        return {"train": train, "heldout": heldout, "refine_prompts": len(items), "heldout_prompts_seen_in_train": overlap,
+                "generator_rates": self.rates.to_json()}
+
+    def parrot(self) -> dict[str, Any]:
+        """Stage 2: PARROT anchor -> filter -> build-sft with the scripted teacher."""
+        from ..parrot.config import ParrotConfig
+        from ..parrot.pipeline import Parrot
+        from .teacher import DemoTeacher
+
+        cfg = self.cfg
+        pcfg = ParrotConfig.from_mapping({
+            "pairs": str(self.world_dir / "train" / "pairs.jsonl"),
+            "out": str(self.parrot_dir),
+            "teacher": {"templates": str(self.templates_dir), "concurrency": 16, "model": "demo-teacher"},
+            "anchor": {"samples": cfg.samples, "seed": cfg.seed},
+            "sft": {"val_fraction": 0.0},
+        })
+        teacher = DemoTeacher(noise=cfg.teacher_noise, rationalize=cfg.rationalize, seed=cfg.seed)
+        p = Parrot(pcfg, backend=teacher, log=self.log)
+        if cfg.filter:
+            stats = p.run()
+            manifest = json.loads((self.parrot_dir / "sft" / "manifest.json").read_text(encoding="utf-8"))
+        else:
+            stats = p.run(("ingest", "anchor", "filter"))
+            from ..parrot.checks import LeakDetector
+            from ..parrot.sft import build_sft
+
+            manifest = build_sft(self.parrot_dir, {pp.id: pp for pp in p.pairs()}, unfiltered_rows(p), pcfg, p.judge,
+                                 LeakDetector(pcfg.filter.leak_patterns))
+        errors = rationale_errors(self.parrot_dir, self.world_dir / "train" / "truth.jsonl")
+        filt = stats.get("filter", {})
+        return {
+            "teacher": teacher.describe(),
+            "filter_used": cfg.filter,
+            "anchored_calls": stats.get("anchor", {}).get("calls"),
+            "repredict_calls": filt.get("repredict_calls"),
+            "pairwise": _pick(filt.get("pairwise", {}), ("rationales", "kept", "rejected", "rejected_by_reason", "keep_rate")),
+            "pointwise": _pick(filt.get("pointwise", {}), ("rationales", "kept", "rejected", "rejected_by_reason",
+                                                          "keep_rate")),
+            "sft_examples": manifest.get("counts", {}).get("train", {}),
+            "rationale_errors": errors,
+        }
+
+    def student(self) -> dict[str, Any]:
+        """Stage 3: build the tiny Qwen3-VL and train it from scratch with ``parrot train``."""
+        from ..parrot.config import TrainConfig
+        from ..parrot.train import train_student
+        from ..testing.tiny_models import build_tiny_qwen3vl
+
+        cfg = self.cfg
+        _set_threads(cfg)
+        base = build_tiny_qwen3vl(self.out / "student" / "base", seed=cfg.seed, vocab_size=cfg.vocab_size,
+                                  hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                                  image_size_cap=cfg.image_size * cfg.image_size, corpus=tokenizer_corpus(cfg.seed))
+        tc = TrainConfig(
+            model=str(base), data=str(self.parrot_dir / "sft"), out=str(self.student_dir), lora=False,
+            freeze_vision=False, learning_rate=cfg.learning_rate, lr_scheduler="cosine", warmup_ratio=cfg.warmup_ratio,
+            weight_decay=0.0, epochs=1000.0, max_steps=cfg.max_steps, per_device_batch_size=cfg.batch_size,
+            grad_accum=1, max_length=None, max_pixels=cfg.image_size * cfg.image_size, bf16=False,
+            gradient_checkpointing=False, save_steps=max(50, cfg.max_steps // 3), save_total_limit=1,
+            logging_steps=max(10, cfg.max_steps // 10), eval=False, seed=cfg.seed, resume="auto",
+        )
+        summary = train_student(tc, log=self.log)
+        return {"base": str(base), **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step",
+                                                      "seconds", "resumed_from", "device"))}
+
+    def _student_model(self) -> Any:
+        if self._student is None:
+            from ..backends import SamplingParams
+            from ..critique.model import RewardModel
+
+            cfg = self.cfg
+            _set_threads(cfg)
+            self._student = RewardModel.from_pretrained(
+                self.student_dir, device="cpu", dtype="float32", batch_size=cfg.eval_batch_size,
+                templates=str(self.templates_dir), sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens),
+                max_pixels=cfg.image_size * cfg.image_size, concurrency=cfg.eval_batch_size)
+        return self._student
+
+    def evaluate(self) -> dict[str, Any]:
+        """Stage 4: ``eval --benchmark pairs`` on the held-out pairs (student; teacher as reference)."""
+        from ..backends import SamplingParams
+        from ..critique.model import RewardModel
+        from ..eval import evaluate
+        from .teacher import DemoTeacher
+
+        cfg = self.cfg
+        data = str(self.world_dir / "heldout" / "pairs.jsonl")
+        rm = self._student_model()
+        report = evaluate(rm, "pairs", data, str(self.eval_dir / "student"), concurrency=cfg.eval_batch_size)
+        out = {"student": _eval_summary(report, self.eval_dir / "student")}
+        if cfg.teacher_reference:
+            teacher = RewardModel(DemoTeacher(noise=cfg.teacher_noise, seed=cfg.seed + 7), templates=str(self.templates_dir),
+                                  sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, seed=0))
+            rep_t = evaluate(teacher, "pairs", data, str(self.eval_dir / "teacher"), concurrency=32)
+            teacher.close()
+            out["teacher"] = _eval_summary(rep_t, self.eval_dir / "teacher")
+        return out
+
+    def refine(self) -> dict[str, Any]:
+        """Stage 5: refine held-out requests with the student as critic; best-of-N alongside."""
+        from ..refine.loop import RefineConfig, RefineInputError, RefineLoop
+        from .generator import DemoGenerator
+        from .world import scene_of
+
+        cfg = self.cfg
+        items = _read_jsonl(self.world_dir / "refine" / "refine.jsonl")
+        if not items:
+            return {"n": 0, "items": []}
+        rm = self._student_model()
+        rcfg = RefineConfig(rounds=cfg.refine_rounds, candidates=cfg.refine_candidates, threshold=None, patience=None,
+                            baseline=True, seed=0)
+        loop = RefineLoop(DemoGenerator(cfg.image_size, self.rates), rm, rcfg)
+
+        async def one(item: dict[str, Any]) -> Any:
+            src = str(self.world_dir / "refine" / item["source"]) if item.get("source") else None
+            try:
+                return await loop.arun(item["prompt"], self.refine_dir / item["id"], source=src, id=item["id"],
+                                       seed=int(item["seed"]))
+            except RefineInputError as exc:
+                self.log(f"refine {item['id']}: {exc}")
+                return None
+
+        async def go() -> list[Any]:
+            return list(await asyncio.gather(*(one(it) for it in items)))
+
+        trajs = asyncio.run(go())
+        metrics = []
+        for item, traj in zip(items, trajs, strict=True):
+            if traj is None:
+                metrics.append({"id": item["id"], "prompt": item["prompt"], "error": "refinement input error"})
+                continue
+            src = scene_of(self.world_dir / "refine" / item["source"]) if item.get("source") else None
+            metrics.append(trajectory_metrics(traj, src, self.rates))
+        pointwise = [c for t in trajs if t is not None for r in t.rounds for c in r.candidates]
+        if any(t is not None and t.baseline is not None for t in trajs):
+            pointwise += [c for t in trajs if t is not None and t.baseline is not None for c in t.baseline.candidates]
+        parsed = sum(1 for c in pointwise if c.ok)
+        return {**summarize_refinement(metrics), "rounds": cfg.refine_rounds, "candidates": cfg.refine_candidates,
+                "critiques": len(pointwise), "critique_parse_rate": round(parsed / len(pointwise), 4) if pointwise else None,
+                "items": metrics}
+
+    def report(self) -> dict[str, Any]:
+        """Stage 6: ``summary.json`` and ``report.html``."""
+        from .report import build_summary, write_report
+
+        summary = build_summary(self)
+        atomic_write_json(self.out / SUMMARY_FILE, summary)
+        write_report(self, summary, self.out / REPORT_FILE)
+        return {"summary": str(self.out / SUMMARY_FILE), "report": str(self.out / REPORT_FILE)}
+
+    # -- driver ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run every stage not done yet, then return the summary."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._save_state()
+        t_start = time.perf_counter()
+        try:
+            for stage in STAGES:
+                if stage != "report" and self.done(stage):
+                    self.log(f"demo: {stage} already done, skipped")
+                    continue
+                self.log(f"demo: {stage} ...")
+                t0 = time.perf_counter()
+                result = getattr(self, "evaluate" if stage == "eval" else stage)()
+                self._finish(stage, time.perf_counter() - t0, result)
+                self.log(f"demo: {stage} done in {time.perf_counter() - t0:.1f}s")
+        finally:
+            if self._student is not None:
+                self._student.close()
+                self._student = None
+        self.state["last_run_seconds"] = round(time.perf_counter() - t_start, 2)
+        self._save_state()
+        return json.loads((self.out / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+
+def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: d.get(k) for k in keys if k in d}
+
+
+def _eval_summary(report: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Accuracy, parse rate and per-category accuracy of one ``eval`` report."""
+    rows = _read_jsonl(folder / "results.jsonl") if (folder / "results.jsonl").is_file() else []
+    n = len(rows)
+    parse_fail = sum(1 for r in rows if not r.get("ok") and r.get("error_kind") == "parse")
+    return {
+        "benchmark": report.get("benchmark"), "protocol": report.get("protocol"), "n": report.get("n"),
+        "n_failed": report.get("n_failed"), "accuracy": report.get("accuracy"),
+        "accuracy_no_ties": report.get("accuracy_no_ties"), "ci95": report.get("ci95"),
+        "parse_rate": round(1 - parse_fail / n, 4) if n else None,
+        "by_category": {k: _pick(v, ("n", "accuracy", "n_failed")) for k, v in (report.get("by_category") or {}).items()},
+    }
+
+
+def _set_threads(cfg: DemoConfig) -> None:
+    threads = cfg.extra.get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def run_demo(cfg: DemoConfig, *, log: Log | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the demo of ``cfg`` and return its summary (also in ``cfg.out/summary.json``)."""
+    return DemoRun(cfg, log=log, overwrite=overwrite).run()

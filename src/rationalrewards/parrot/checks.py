@@ -49,7 +49,7 @@ LEAK_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"\b(?:human|annotator|rater|people)'?s?\s+preferences?\b", ("preference",)),
     (r"\b(?:the\s+)?(?:given|provided|stated|known|expected)\s+(?:preference|outcome|verdict|answer)\b",
      ("given", "provided", "stated", "known", "expected")),
-    (r"\bpeople\s+(?:who\s+\w+(?:\s+\w+){0,3}\s+)?(?:judged|preferred|chose|picked|voted|found|rated)\b",
+    (r"\bpeople\s+(?:who\s+\w+(?:\s+\w+){0,6}\s+)?(?:judged|preferred|chose|picked|voted|found|rated)\b",
      ("people",)),
 )
 # Pointwise critiques must not talk about the candidate the student will never see.

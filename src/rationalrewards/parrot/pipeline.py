@@ -119,6 +119,25 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def row_digest(row: dict[str, Any]) -> str:
+    """Fingerprint of an input row's content (image bytes by hash; line bookkeeping ignored)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return "sha256:" + hashlib.sha256(bytes(v)).hexdigest()
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        if hasattr(v, "tobytes") and hasattr(v, "size"):  # a PIL image
+            return f"pil:{v.size}:{hashlib.sha256(v.tobytes()).hexdigest()}"
+        return repr(v)
+
+    return _sha({k: norm(v) for k, v in row.items() if k not in ("_line", "_file")})[:16]
+
+
 def _generated(row: dict[str, Any]) -> bool:
     return bool(row.get("generated"))
 
@@ -217,7 +236,7 @@ class Parrot:
         if img is None:
             img = self.store.open(rel)
             self._images[rel] = img
-            if len(self._images) > 256:
+            if len(self._images) > 128:
                 self._images.popitem(last=False)
         else:
             self._images.move_to_end(rel)
@@ -276,19 +295,19 @@ class Parrot:
         first, rows = peek_good_row(rows)
         cmap = ColumnMap.build(cfg.input.preset, dict(cfg.input.columns), cfg.input.label_format, first)
         image_base = Path(cfg.input.image_root).expanduser() if cfg.input.image_root else base
-        log = RowLog(self.out / "work" / "ingest.jsonl", key="id", is_done=lambda r: bool(r.get("ok")))
+        log = RowLog(self.out / "work" / "ingest.jsonl", key="id", is_done=lambda r: bool(r.get("ok")), tag="digest")
         order: list[str] = []
         seen: set[str] = set()
         dup: list[dict[str, Any]] = []
         todo = 0
-        inflight: dict[Future[Any], str] = {}
+        inflight: dict[Future[Any], tuple[str, str]] = {}
 
-        def record(fut: Future[Any], pid: str) -> None:
+        def record(fut: Future[Any], pid: str, digest: str) -> None:
             try:
                 pair = fut.result()
-                log.append({"id": pid, "ok": True, "pair": pair.to_json()})
+                log.append({"id": pid, "ok": True, "digest": digest, "pair": pair.to_json()})
             except PairError as exc:
-                log.append({"id": pid, "ok": False, "reason": exc.kind, "error": str(exc)})
+                log.append({"id": pid, "ok": False, "digest": digest, "reason": exc.kind, "error": str(exc)})
             self._tick("ingest")
 
         with self.progress("ingest", 0) as advance, ThreadPoolExecutor(max(1, cfg.input.workers)) as pool:
@@ -301,17 +320,19 @@ class Parrot:
                     continue
                 seen.add(pid)
                 order.append(pid)
-                if log.is_key_done(pid):
+                # A row edited in place (same id, new label or image) is read again.
+                digest = row_digest(row)
+                if log.is_key_done(pid) and log.tag_of(pid) == digest:
                     continue
                 todo += 1
-                inflight[pool.submit(normalise_row, row, cmap, self.store, image_base, pid)] = pid
+                inflight[pool.submit(normalise_row, row, cmap, self.store, image_base, pid)] = (pid, digest)
                 if len(inflight) >= 4 * max(1, cfg.input.workers):
                     done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                     for fut in done:
-                        record(fut, inflight.pop(fut))
+                        record(fut, *inflight.pop(fut))
                         advance(1)
             for fut in list(inflight):
-                record(fut, inflight.pop(fut))
+                record(fut, *inflight.pop(fut))
                 advance(1)
         log.finalize(order, keep_others=False)
         good: list[dict[str, Any]] = []
@@ -489,9 +510,12 @@ class Parrot:
                 ev.reasons.append("unparseable")
                 ev.parse_error = "; ".join(bad)
             else:
+                # tie_tolerance is a gap between score sums (1-4 per dimension); on the 0-1 reward
+                # scale the same gap is tolerance / (3 * number of dimensions).
+                n_dims = max(1, len(self.aggregation.weights_for(task)))
                 reason, margin, implied = pointwise_consistency(
                     crit["A"].reward, crit["B"].reward, unit.pair.label, margin=f.pointwise_margin,
-                    tie_tolerance=f.tie_tolerance)
+                    tie_tolerance=f.tie_tolerance / (3 * n_dims))
                 ev.margin, ev.implied = margin, implied
                 ev.extra = {"reward_a": crit["A"].reward, "reward_b": crit["B"].reward,
                             "scores_a": crit["A"].scores, "scores_b": crit["B"].scores}
@@ -740,6 +764,12 @@ class Parrot:
                      + " (rationales whose request changed are regenerated)")
         data = self.cfg.to_dict()
         data.pop("train", None)
+        # Absolute paths, so a later `parrot run --out DIR` works from any working directory.
+        for section, key in ((None, "pairs"), (None, "out"), ("input", "image_root"), ("teacher", "cache"),
+                             ("teacher", "templates"), ("teacher", "teacher_templates")):
+            holder = data if section is None else data[section]
+            if holder.get(key) and holder[key] != "default":
+                holder[key] = str(Path(holder[key]).expanduser().resolve())
         atomic_write_json(self.out / SAVED_CONFIG, data)
 
     def write_stats(self) -> dict[str, Any]:

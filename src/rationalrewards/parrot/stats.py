@@ -77,6 +77,8 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
         a_counts[f"{kind}_generated"] += 1
         if not row.get("parse_ok"):
             a_counts[f"{kind}_unparseable"] += 1
+        if row.get("finish_reason") == "length":
+            a_counts["truncated"] += 1
         u = row.get("usage") or {}
         tokens["anchor"]["prompt_tokens"] += u.get("prompt_tokens", 0)
         tokens["anchor"]["completion_tokens"] += u.get("completion_tokens", 0)
@@ -88,6 +90,7 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
         "calls": a_counts["pairwise_calls"] + a_counts["pointwise_calls"],
         "generated": a_counts["generated"],
         "failed_pending_retry": a_counts["failed"],
+        "truncated_at_max_tokens": a_counts["truncated"],
         "pairwise": {"generated": a_counts["pairwise_generated"], "unparseable": a_counts["pairwise_unparseable"]},
         "pointwise": {"generated": a_counts["pointwise_generated"], "unparseable": a_counts["pointwise_unparseable"]},
         "samples": cfg.anchor.samples,
@@ -234,6 +237,10 @@ def _collect_scores(row: dict[str, Any], dims: dict[str, dict[str, list[float]]]
                 dims[f"{prefix}_{group}"][dim].append(float(v))
 
 
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f}%"
+
+
 def render_summary(stats: dict[str, Any]) -> str:
     """A short human-readable report (Markdown)."""
     p, a, f = stats["pairs"], stats["anchor"], stats["filter"]
@@ -249,7 +256,8 @@ def render_summary(stats: dict[str, Any]) -> str:
         f"pairs sent to the teacher: {p['used']}",
         "",
         "## Phase 1: anchored generation",
-        f"- teacher calls: {a['calls']} ({a['generated']} answered, {a['failed_pending_retry']} failed: rerun to retry)",
+        f"- teacher calls: {a['calls']} ({a['generated']} answered, {a['failed_pending_retry']} failed: rerun to retry; "
+        f"{a['truncated_at_max_tokens']} cut at max_tokens)",
         f"- pairwise: {a['pairwise']['generated']} rationales ({a['pairwise']['unparseable']} unparseable); "
         f"pointwise: {a['pointwise']['generated']} critiques ({a['pointwise']['unparseable']} unparseable)",
         "",
@@ -262,16 +270,18 @@ def render_summary(stats: dict[str, Any]) -> str:
         reasons = ", ".join(f"{r} {n}" for r, n in k["first_reason"].items()) or "none"
         lines.append(f"- {kind}: {k['rationales']} rationales, kept {k['kept']}, passed but not selected "
                      f"{k['passed_not_selected']}, rejected {k['rejected']} ({reasons}), pending {k['pending']}; "
-                     f"pairs with a kept rationale: {k['pairs_with_kept']}")
+                     f"pairs with a kept rationale: {k['pairs_with_kept']}; pass rate {_pct(k['keep_rate'])}")
     lines.append(f"- re-prediction calls: {f['repredict_calls']} ({f['repredict_failed_pending_retry']} failed)")
     pb = stats["position_bias"]
     lines += [
         "",
-        "## Position bias",
-        f"- anchor: label on the first-shown image {pb['anchor']['shown_label_A_rate']}, "
-        f"scores favour the first-shown image {pb['anchor']['implied_A_rate']}",
-        f"- re-prediction: accuracy when A is right {pb['repredict']['accuracy_when_label_A']}, when B is right "
-        f"{pb['repredict']['accuracy_when_label_B']}; order disagreement {pb['repredict']['order_disagreement_rate']}",
+        "## Position bias (A = the image shown first)",
+        f"- anchor: label on A {_pct(pb['anchor']['shown_label_A_rate'])}, "
+        f"the rationale's scores favour A {_pct(pb['anchor']['implied_A_rate'])}",
+        f"- re-prediction: predicts A {_pct(pb['repredict']['predicted_A_rate'])}; accuracy when A is right "
+        f"{_pct(pb['repredict']['accuracy_when_label_A'])}, when B is right "
+        f"{_pct(pb['repredict']['accuracy_when_label_B'])}; "
+        f"order disagreement {_pct(pb['repredict']['order_disagreement_rate'])}",
     ]
     if "sft" in stats and stats["sft"].get("counts"):
         c = stats["sft"]["counts"]

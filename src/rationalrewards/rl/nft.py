@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -260,7 +261,10 @@ def add_lora_adapters(transformer: Any, *, rank: int, alpha: int, target_modules
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                      init_lora_weights=True)
     transformer.add_adapter(cfg, adapter_name=POLICY)
-    transformer.add_adapter(cfg, adapter_name=OLD)
+    with warnings.catch_warnings():
+        # peft warns that a second adapter is unusual; two adapters is the point here.
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+        transformer.add_adapter(cfg, adapter_name=OLD)
     policy = adapter_params(transformer, POLICY)
     if not policy:
         raise ValueError(f"no LoRA layer was created: none of {list(target_modules)} names a module of "

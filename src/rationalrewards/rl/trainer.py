@@ -39,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -560,7 +561,10 @@ class NFTTrainer:
         if self.cfg.revision:
             kwargs["revision"] = self.cfg.revision
         try:
-            return DiffusionPipeline.from_pretrained(self.cfg.pretrained_model, **kwargs)
+            with warnings.catch_warnings():
+                # Newer diffusers prefer dtype= but older ones only know torch_dtype=.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                return DiffusionPipeline.from_pretrained(self.cfg.pretrained_model, **kwargs)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load pipeline {self.cfg.pretrained_model!r}: {exc}") from None
 
