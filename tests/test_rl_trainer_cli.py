@@ -88,3 +88,18 @@ def test_a_tiny_run_from_the_command_line(cli, tmp_path):
     assert summary["ok"] and summary["steps"] == 1 and summary["output_dir"] == str(out.resolve())
     assert (out / "checkpoints" / "step-000001" / "state.json").is_file()
     assert (out / "summary.json").is_file() and (out / "config.yaml").is_file()
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_tiny(tmp_path):
+    pytest.importorskip("diffusers")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_rl_trainer.py"
+    spec = importlib.util.spec_from_file_location("gpu_rl_trainer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "result.json"
+    assert module.main(["--tiny", "--steps", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["measured_steps"] == 1 and result["loss_finite"]
+    assert result["step_s"] > 0 and result["lora_params"] > 0

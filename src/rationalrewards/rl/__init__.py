@@ -20,7 +20,10 @@ if TYPE_CHECKING:
         make_flow_grpo_reward_fn,
     )
     from .aggregation import DimensionAggregation, combine_dimensions, normalize_within_groups
+    from .config import NFTConfig
+    from .monitor import RewardHackingMonitor
     from .reward import FailurePolicy, RationalReward, RewardBatch, RewardFailure
+    from .trainer import NFTTrainer
 
 _LAZY = {
     "RationalReward": ".reward",
@@ -36,6 +39,9 @@ _LAZY = {
     "RemotePointwiseReward": ".adapters",
     "RemoteGroupwiseReward": ".adapters",
     "RewardOutput": ".adapters",
+    "NFTConfig": ".config",
+    "NFTTrainer": ".trainer",
+    "RewardHackingMonitor": ".monitor",
 }
 
 
@@ -46,12 +52,15 @@ __all__ = [
     "DimensionAggregation",
     "FailurePolicy",
     "GroupwiseReward",
+    "NFTConfig",
+    "NFTTrainer",
     "PointwiseReward",
     "RationalReward",
     "RemoteGroupwiseReward",
     "RemotePointwiseReward",
     "RewardBatch",
     "RewardFailure",
+    "RewardHackingMonitor",
     "RewardOutput",
     "combine_dimensions",
     "make_flow_grpo_reward_fn",

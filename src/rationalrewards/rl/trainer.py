@@ -369,12 +369,11 @@ class RunLogger:
             self.echo(text)
 
     def log(self, name: str, row: dict[str, Any], *, scalars: bool = True) -> None:
+        """Append one row to ``name`` (flushed and fsynced); numeric fields also go to
+        TensorBoard / W&B unless ``scalars`` is False."""
         if not self.enabled:
             return
-        with (self.out_dir / name).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.append(name, [row])
         if not scalars:
             return
         step = int(row.get("step", 0))
@@ -387,6 +386,15 @@ class RunLogger:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(numeric, step=step)
+
+    def append(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Append rows to a JSONL log with one write and one fsync."""
+        if not self.enabled or not rows:
+            return
+        with (self.out_dir / name).open("a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def close(self) -> None:
         if self.tb is not None:
@@ -716,6 +724,10 @@ class NFTTrainer:
         else:
             st.failed_streak = 0
             train_stats = self._train_on(x0, cond, sample_group, r_local)
+            if self.world > 1:  # log the mean over processes, not rank 0's share
+                every = gather_object([train_stats])
+                train_stats = {k: (_mean([float(s[k]) for s in every]) if k != "optimizer_steps" else v)
+                               for k, v in train_stats.items()}
         t_after = time.perf_counter()
 
         # The old (sampling) policy trails the trained one; the EMA is for evaluation/export.
@@ -735,15 +747,19 @@ class NFTTrainer:
         metrics = self._step_metrics(scored, all_rewards, all_base, all_keys, adv, r_all, train_stats,
                                      decay, newly_retired, timing, t_after - t_train, time.perf_counter() - t_start)
         self._monitor(metrics, scored, local, sample_group)
-        if cfg.log_samples and self.logger is not None:
+        if cfg.log_samples:
+            rows_out = []
             for i in range(len(scored.rewards)):
                 row = local[int(sample_group[i])]
-                self.logger.log("samples.jsonl", {
+                rows_out.append({
                     "step": st.step, "id": row.id, "prompt": row.prompt, "group": row.key,
                     "reward": scored.rewards[i], "valid": scored.valid[i], "failure": scored.failure_kinds[i],
                     "advantage": adv[offset + i], "r": r_local[i],
                     "scores": {d: col[i] for d, col in scored.scores.items()},
-                }, scalars=False)
+                })
+            gathered = gather_object(rows_out) if self.world > 1 else rows_out
+            if self.logger is not None:
+                self.logger.append("samples.jsonl", gathered)
         self.last_metrics = metrics
         if st.failed_streak >= cfg.max_failed_steps:
             raise RewardUnavailableError(
@@ -911,8 +927,7 @@ class NFTTrainer:
         metrics["monitor/justification_flags"] = total
         metrics["monitor/justification_rate"] = total / max(1, metrics["n_valid"])
         if self.logger is not None:
-            for flag in [*flags, *just_flags]:
-                self.logger.log("flags.jsonl", flag.to_json(), scalars=False)
+            self.logger.append("flags.jsonl", [f.to_json() for f in [*flags, *just_flags]])
         for flag in flags:
             self._say(f"monitor: step {step}: {flag.message}")
 
@@ -964,7 +979,8 @@ class NFTTrainer:
                 eval_dir.mkdir(parents=True, exist_ok=True)
                 img.save(eval_dir / name)
             records.append({"step": step, "id": row.id, "prompt": row.prompt, "image": name if cfg.save_eval_images else None,
-                            "reward": scored.rewards[i], "valid": scored.valid[i], "failure": scored.failure_kinds[i],
+                            # The [0, 1] reward: a group-normalised (gdpo) value means nothing for one image.
+                            "reward": scored.base[i], "valid": scored.valid[i], "failure": scored.failure_kinds[i],
                             "scores": {d: col[i] for d, col in scored.scores.items()}})
         parts_all = gather_object(records) if self.world > 1 else records
         n = len(parts_all)
@@ -1086,7 +1102,8 @@ class NFTTrainer:
                 nft.copy_into(self.ema, ema)
             else:
                 self.ema = nft.snapshot(self.policy)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        # Optimizer.load_state_dict moves the state onto each parameter's device.
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         self.state = TrainState.from_json(meta)
         self.monitor.load_state_dict(meta.get("monitor", {}))
         self.last_eval = meta.get("last_eval")

@@ -20,11 +20,15 @@ if TYPE_CHECKING:
         build_tiny_flux_kontext,
         build_tiny_flux_kontext_cached,
     )
+    from .tiny_pipelines_rl import build_tiny_sd3, build_tiny_sd3_cached, random_flux_pipeline
 
 _LAZY = {
     "build_tiny_grounding_dino": ".tiny_detectors",
     "build_tiny_sam": ".tiny_detectors",
     "build_tiny_qwen3vl": ".tiny_models",
+    "build_tiny_sd3": ".tiny_pipelines_rl",
+    "build_tiny_sd3_cached": ".tiny_pipelines_rl",
+    "random_flux_pipeline": ".tiny_pipelines_rl",
     "build_tiny_qwen3vl_cached": ".tiny_models",
     "build_tiny_flux": ".tiny_pipelines",
     "build_tiny_flux_cached": ".tiny_pipelines",
@@ -48,6 +52,9 @@ __all__ = [
     "build_tiny_qwen3vl",
     "build_tiny_qwen3vl_cached",
     "build_tiny_sam",
+    "build_tiny_sd3",
+    "build_tiny_sd3_cached",
+    "random_flux_pipeline",
     "start_transformers_serve",
     "stop_transformers_serve",
     "transformers_serve",
