@@ -66,16 +66,24 @@ def to_openai_messages(
 
 
 class _ClientPool:
-    """A few ``httpx.AsyncClient`` shards used round-robin; shared by all requests of a loop."""
+    """A few ``httpx.AsyncClient`` shards shared by all requests of a loop; each request goes to
+    the shard with the fewest requests in flight, so no shard queues while another idles."""
 
     def __init__(self, clients: list[httpx.AsyncClient]):
         self.clients = clients
-        self._next = 0
+        self.inflight = [0] * len(clients)
 
     def pick(self) -> httpx.AsyncClient:
-        client = self.clients[self._next % len(self.clients)]
-        self._next += 1
-        return client
+        return self.clients[self.inflight.index(min(self.inflight))]
+
+    async def post(self, url: str, body: bytes) -> tuple[httpx.Response, bytes]:
+        i = self.inflight.index(min(self.inflight))
+        self.inflight[i] += 1
+        try:
+            resp = await self.clients[i].post(url, content=body)
+            return resp, await resp.aread()
+        finally:
+            self.inflight[i] -= 1
 
     @property
     def is_closed(self) -> bool:
@@ -238,10 +246,8 @@ class OpenAIBackend(Backend):
     async def _attempt(self, pool: _ClientPool, url: str, body: bytes) -> Generation:
         self._inflight[url] += 1
         self.requests_sent += 1
-        client = pool.pick()
         try:
-            resp = await client.post(f"{url}/chat/completions", content=body)
-            raw = await resp.aread()
+            resp, raw = await pool.post(f"{url}/chat/completions", body)
         except httpx.TimeoutException as exc:
             raise _RetryableError(f"timeout after {self.timeout:g}s ({type(exc).__name__}) at {url}") from None
         except httpx.HTTPError as exc:
