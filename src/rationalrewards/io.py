@@ -113,7 +113,8 @@ class ResumableJsonl:
 
     @property
     def done(self) -> set[str]:
-        return set(self.rows)
+        """Ids whose latest saved row is finished (failed rows written this run are not)."""
+        return {rid for rid, row in self.rows.items() if self.is_done(row)}
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
