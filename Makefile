@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup quickstart critique-example test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The main job: the whole system, learning, offline (about 7-10 minutes on 2 CPU cores).
 quickstart: setup
+	$(VENV)/bin/rationalrewards demo --out runs/demo
+	@echo "open runs/demo/report.html; numbers in runs/demo/summary.json"
+
+# Critique the example image with a tiny random model (shows an honest parse failure).
+critique-example: setup
 	$(PY) -m rationalrewards.quickstart
 
 test: setup

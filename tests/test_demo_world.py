@@ -20,8 +20,8 @@ from rationalrewards.demo.world import (
     Want,
     attach_scene,
     encode_png,
-    find_defects,
     find_cues,
+    find_defects,
     parse_request,
     render,
     render_png,
@@ -70,7 +70,15 @@ def test_images_without_a_scene_are_reported_as_none():
     Image.new("RGB", (8, 8)).save(buf, format="PNG")
     assert scene_of(buf.getvalue()) is None
     assert scene_of(b"not an image") is None
-    assert scene_of(render(SCENE)) is None  # pixels alone: the spec is only in the chunk
+    never_attached = Scene((Obj("triangle", "yellow", "small", "middle"),), "ZIP", ("blur",))
+    assert scene_of(render(never_attached)) is None  # pixels alone, never recorded in this process
+
+
+def test_scenes_survive_a_plain_save_within_the_process_that_made_them(tmp_path):
+    # The refine loop saves generator output with a plain save(), which drops PNG text chunks.
+    image = DemoGenerator().generate("A green square", seed=4)[0]
+    image.save(tmp_path / "plain.png")
+    assert scene_of(tmp_path / "plain.png") == scene_of(image)
 
 
 def test_scene_json_round_trips():
@@ -228,8 +236,9 @@ def test_edits_need_a_source_made_by_the_world():
     src_img = Image.open(io.BytesIO(encode_png(render(src), src)))
     out = gen.generate("Change the red circle to blue", source=src_img, seed=0, n=2)
     assert len(out) == 2 and all(scene_of(o) is not None for o in out)
+    foreign = render(Scene((Obj("square", "green", "small", "right"),)), size=64)  # pixels the world never made
     with pytest.raises(GeneratorInputError, match="rr-scene"):
-        gen.generate("Change the red circle to blue", source=render(src), seed=0)
+        gen.generate("Change the red circle to blue", source=foreign, seed=0)
 
 
 def test_refine_finds_the_generator_by_spec():

@@ -50,4 +50,17 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module, __name__), name)
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "DemoConfig",
+    "DemoGenerator",
+    "DemoTeacher",
+    "ErrorRates",
+    "Intent",
+    "Scene",
+    "Task",
+    "draw_scene",
+    "parse_request",
+    "render",
+    "run_demo",
+    "sample_task",
+]

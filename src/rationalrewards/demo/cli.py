@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..cli.common import EXIT_INPUT, EXIT_OK, JsonOpt, emit_json, err_console, fail, out_console
 
@@ -22,21 +23,21 @@ def demo(
     train_pairs: Annotated[int | None, typer.Option("--train-pairs", min=1, help="Preference pairs for PARROT.")] = None,
     eval_pairs: Annotated[int | None, typer.Option("--eval-pairs", min=1, help="Held-out pairs for eval.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Student training steps.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads [torch's default].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: every core, or one when the machine is already busy).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the whole system offline on a synthetic world: pairs -> PARROT (scripted teacher) -> train a tiny
     Qwen3-VL student from scratch -> eval on held-out pairs -> refine with the student as critic.
 
-    Writes OUT/summary.json and OUT/report.html. Needs the training extra (pip install "rationalrewards[train]").
+    Writes OUT/summary.json and OUT/report.html. Needs the training extra: pip install "rationalrewards\\[train]".
     """
     try:
         import torch  # noqa: F401
         import trl  # noqa: F401
     except ImportError as exc:
-        fail(f"the demo trains a model and needs the training extra: pip install 'rationalrewards[train]' ({exc})",
-             EXIT_INPUT)
+        fail(escape(f"the demo trains a model and needs the training extra: pip install 'rationalrewards[train]' "
+                    f"({exc})"), EXIT_INPUT)
     from .pipeline import DemoConfig, DemoError, run_demo
 
     extra: dict[str, Any] = {"threads": threads} if threads else {}
@@ -46,7 +47,7 @@ def demo(
                                 max_steps=max_steps, extra=extra or None)
         summary = run_demo(cfg, log=lambda m: err_console.print(m, markup=False, highlight=False), overwrite=overwrite)
     except (DemoError, ValueError) as exc:
-        fail(str(exc), EXIT_INPUT)
+        fail(escape(str(exc)), EXIT_INPUT)
     if json_out:
         emit_json(summary)
     else:
@@ -61,6 +62,7 @@ def _fmt(v: Any) -> str:
 def _print_summary(s: dict[str, Any], out: Path) -> None:
     st, f, r = s.get("student", {}), s.get("filter", {}), s.get("refine", {})
     tr = r.get("true_reward") or {}
+    tt = (r.get("teacher_critic") or {}).get("true_reward") or {}
     lines = [
         f"student   accuracy {_fmt(st.get('accuracy'))} on {st.get('n')} held-out pairs, parse rate "
         f"{_fmt(st.get('parse_rate'))}",
@@ -68,7 +70,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"{_fmt(f.get('teacher_noise'))})",
         f"filter    rationale error rate raw {_fmt(f.get('raw_error_rate'))} -> kept {_fmt(f.get('kept_error_rate'))}",
         f"refine    true reward round 0 {_fmt(tr.get('round0_best'))} -> final {_fmt(tr.get('final_best'))} "
-        f"(best-of-N {_fmt(tr.get('best_of_n'))})",
+        f"(best-of-N {_fmt(tr.get('best_of_n'))}); with the teacher as critic {_fmt(tt.get('round0_best'))} -> "
+        f"{_fmt(tt.get('final_best'))} (best-of-N {_fmt(tt.get('best_of_n'))})",
         f"time      {_fmt(s.get('timing_s', {}).get('total'))} s",
         f"report    {out / 'report.html'}",
     ]

@@ -63,8 +63,8 @@ class ErrorRates:
     missing: tuple[float, float] = (0.22, 0.04)
     extra: tuple[float, float] = (0.12, 0.02)
     color: tuple[float, float] = (0.18, 0.04)
-    size: tuple[float, float] = (0.25, 0.05)
-    place: tuple[float, float] = (0.25, 0.05)
+    size: tuple[float, float] = (0.12, 0.03)
+    place: tuple[float, float] = (0.12, 0.03)
     misspell: tuple[float, float] = (0.35, 0.06)
     no_text: tuple[float, float] = (0.10, 0.02)
     artefact: tuple[float, float] = (0.13, 0.03)
@@ -142,7 +142,7 @@ class _Draw:
         return Scene(objs, text, self.artefacts())
 
     def edit(self) -> Scene:
-        rng, intent = self.rng, self.intent
+        intent = self.intent
         src = intent.source
         assert src is not None
         op = intent.edit

@@ -47,7 +47,7 @@ def build_summary(run: DemoRun) -> dict[str, Any]:
     errors = parrot.get("rationale_errors", {})
     raw_err, kept_err = _get(errors, "raw", "error_rate"), _get(errors, "kept", "error_rate")
     st = ev.get("student", {})
-    sr, tr = ref.get("student_reward", {}), ref.get("true_reward", {})
+    tr = ref.get("true_reward", {})
     targets = {
         "student_accuracy": _target(st.get("accuracy"), ">=", TARGETS["student_accuracy"]),
         "student_parse_rate": _target(st.get("parse_rate"), ">=", TARGETS["student_parse_rate"]),
@@ -83,7 +83,7 @@ def build_summary(run: DemoRun) -> dict[str, Any]:
             {k: m.get(k) for k in ("id", "prompt", "round0", "final", "best_of_n", "round_true_mean", "requests",
                                    "error")} for m in ref.get("items", [])]},
         "targets": targets,
-        "notes": _notes(cfg, targets, st, errors),
+        "notes": _notes(cfg, targets, st, errors, ref),
     }
 
 
@@ -103,7 +103,8 @@ def _target(value: Any, op: str, bound: Any) -> dict[str, Any]:
     return {"value": value, "op": op, "bound": bound, "met": met}
 
 
-def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[str, Any]) -> list[str]:
+def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[str, Any],
+           ref: dict[str, Any]) -> list[str]:
     """Plain statements of what limits a target that was not met."""
     notes = []
     if targets["student_accuracy"]["met"] is False:
@@ -115,6 +116,13 @@ def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[s
     if targets["student_parse_rate"]["met"] is False:
         notes.append(f"parse rate {st.get('parse_rate')} is below {TARGETS['student_parse_rate']}: more training steps "
                      "make the format stick; failures are counted as wrong answers, never dropped")
+    if targets["refine_beats_round0_true_reward"]["met"] is False or targets["refine_beats_best_of_n_true_reward"]["met"] is False:
+        tc = (ref.get("teacher_critic") or {}).get("true_reward") or {}
+        notes.append(
+            "refinement with the student as critic is limited by the student's critiques (it accepts a new image only "
+            "when its own reward rises, and often already rates round 0 as flawless); with the noisy teacher as critic "
+            f"on the same requests the true reward goes {tc.get('round0_best')} (round 0) -> {tc.get('final_best')} "
+            f"(final) vs {tc.get('best_of_n')} (best-of-N at equal generations)")
     if targets["filter_lowers_rationale_errors"]["met"] is False:
         notes.append("the filter did not lower the rationale error rate in this run; with few pairs the rates are noisy")
     if cfg.quick:
@@ -256,11 +264,18 @@ def _student_section(summary: dict[str, Any]) -> str:
 def _refine_section(run: DemoRun, summary: dict[str, Any]) -> str:
     ref = summary.get("refine", {})
     sr, tr = ref.get("student_reward") or {}, ref.get("true_reward") or {}
+    tt = _get(ref, "teacher_critic", "true_reward") or {}
     head = ("<table><tr><th></th><th>round 0 best</th><th>final best</th><th>best-of-N (equal generations)</th></tr>"
             f"<tr><td>student reward</td><td>{_fmt(sr.get('round0_best'))}</td><td>{_fmt(sr.get('final_best'))}</td>"
             f"<td>{_fmt(sr.get('best_of_n'))}</td></tr>"
             f"<tr><td>true reward</td><td>{_fmt(tr.get('round0_best'))}</td><td>{_fmt(tr.get('final_best'))}</td>"
-            f"<td>{_fmt(tr.get('best_of_n'))}</td></tr></table>"
+            f"<td>{_fmt(tr.get('best_of_n'))}</td></tr>"
+            f"<tr><td>true reward, noisy teacher as critic</td><td>{_fmt(tt.get('round0_best'))}</td>"
+            f"<td>{_fmt(tt.get('final_best'))}</td><td>{_fmt(tt.get('best_of_n'))}</td></tr></table>"
+            f"<p class='small'>Request quality (mean true reward of 64 draws for the request): original "
+            f"{_fmt(_get(ref, 'request_quality', 'original'))}, final with the student "
+            f"{_fmt(_get(ref, 'request_quality', 'final'))}, final with the teacher "
+            f"{_fmt(_get(ref, 'teacher_critic', 'request_quality', 'final'))}.</p>"
             f"<p class='small'>{ref.get('n')} requests, {ref.get('rounds')} refinement round(s) of "
             f"{ref.get('candidates')} candidates; generations: refine {_get(ref, 'generations', 'refine')}, best-of-N "
             f"{_get(ref, 'generations', 'best_of_n')}.</p>")

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -220,14 +221,14 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
             noise = Image.frombytes("L", (size, size), rng.randbytes(size * size)).convert("RGB")
             img = Image.blend(img, noise, 0.42)
         elif art == "blur":
-            img = img.filter(ImageFilter.GaussianBlur(size * 0.025))
+            img = img.filter(ImageFilter.GaussianBlur(size * 0.035))
         elif art == "seam":
             x = int(size * rng.uniform(0.3, 0.7))
             shift = max(4, size // 8)
             right = img.crop((x, 0, size, size))
             img.paste(right.crop((0, size - shift, size - x, size)), (x, 0))
             img.paste(right.crop((0, 0, size - x, size - shift)), (x, shift))
-            ImageDraw.Draw(img).line([(x, 0), (x, size)], fill=(90, 90, 90), width=max(1, size // 48))
+            ImageDraw.Draw(img).line([(x, 0), (x, size)], fill=(70, 70, 70), width=max(1, size // 32))
     return img
 
 
@@ -245,19 +246,37 @@ def render_png(scene: Scene, size: int = DEFAULT_SIZE) -> bytes:
     return encode_png(render(scene, size), scene)
 
 
+# Scenes of images made in this process, by a digest of their pixels: a plain ``image.save()``
+# (as the refine loop does) drops the PNG text chunk, and the pixels are all that is left.
+_SEEN: OrderedDict[str, str] = OrderedDict()
+_SEEN_MAX = 20_000
+
+
+def _pixel_key(image: Image.Image) -> str:
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
 def attach_scene(image: Image.Image, scene: Scene) -> Image.Image:
-    """Record ``scene`` in ``image.info`` so that a later ``save(..., pnginfo=...)`` or
-    :func:`scene_of` finds it (Pillow keeps ``info`` in memory, not on a plain ``save``)."""
-    image.info[SCENE_CHUNK] = json.dumps(scene.to_json(), sort_keys=True, separators=(",", ":"))
+    """Record ``scene`` with ``image``: in ``image.info`` (what :func:`encode_png` and
+    :func:`scene_of` read) and in a per-process index of pixel digests, so that the scene is still
+    found after the image went through a plain ``save()`` that drops PNG text chunks."""
+    text = json.dumps(scene.to_json(), sort_keys=True, separators=(",", ":"))
+    image.info[SCENE_CHUNK] = text
+    _SEEN[_pixel_key(image)] = text
+    while len(_SEEN) > _SEEN_MAX:
+        _SEEN.popitem(last=False)
     return image
 
 
 def scene_of(image: Any) -> Scene | None:
     """The scene recorded with an image (PNG bytes, a path, a PIL image or an object with a
-    ``.data`` attribute such as :class:`~rationalrewards.images.PreparedImage`); None if absent."""
+    ``.data`` attribute such as :class:`~rationalrewards.images.PreparedImage`): its ``rr-scene``
+    chunk, else the scene :func:`attach_scene` recorded for the same pixels in this process; None
+    if neither exists."""
     try:
         if isinstance(image, Image.Image):
-            text = image.info.get(SCENE_CHUNK)
+            text = image.info.get(SCENE_CHUNK) or (_SEEN.get(_pixel_key(image)) if _SEEN else None)
         else:
             data = getattr(image, "data", image)
             if isinstance(data, (str, os.PathLike)):
@@ -265,7 +284,10 @@ def scene_of(image: Any) -> Scene | None:
                     data = fh.read()
             with Image.open(io.BytesIO(data)) as im:  # the header holds the text chunks
                 text = im.info.get(SCENE_CHUNK)
-    except (OSError, ValueError, TypeError):
+                if not text and _SEEN:
+                    im.load()
+                    text = _SEEN.get(_pixel_key(im))
+    except (OSError, ValueError, TypeError, SyntaxError):
         return None
     if not text:
         return None

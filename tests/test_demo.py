@@ -1,0 +1,81 @@
+"""`rationalrewards demo --quick` end to end, as CI runs it: the whole pipeline on the synthetic world,
+with a student trained from scratch, asserted with the quick budget's (looser) bounds.
+
+The quick budget is chosen to finish in under two minutes on two CPU cores. In it the student
+learns the critique format from random initialisation (parse rate from 0 to ~1) but has only begun
+to tell images apart, so its accuracy is reported, not bounded; the default budget is where the
+accuracy target applies (docs/demo.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rationalrewards.cli.main import app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_the_quick_demo_writes_the_summary_and_the_report(quick_run):
+    out, summary = quick_run
+    assert json.loads((out / "summary.json").read_text()) == summary
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 20
+    for section in ("Targets", "PARROT's filter", "Student accuracy", "Generate-Critique-Refine"):
+        assert section in html
+    assert summary["quick"] is True and summary["command"] == "rationalrewards demo --quick"
+
+
+def test_the_student_learns_the_critique_format_from_scratch(quick_run):
+    _out, s = quick_run
+    st = s["student"]
+    assert st["parse_rate"] >= 0.8  # a random model parses nothing; the released format was learnt
+    assert 0.0 <= st["accuracy"] <= 1.0 and st["n"] >= 20
+    assert st["train"]["train_loss"] < 1.5 and st["train"]["global_step"] == s["config"]["max_steps"]
+    assert st["pointwise_parse_rate"] >= 0.5
+    assert set(st["by_category"]) <= {"t2i/objects", "t2i/artefacts", "t2i/text", "edit/instruction",
+                                      "edit/preservation", "edit/artefacts", "edit/text"}
+
+
+def test_the_filter_removes_wrong_rationales(quick_run):
+    _out, s = quick_run
+    f = s["filter"]
+    assert 0.2 < f["raw_error_rate"] < 0.6
+    assert f["kept_error_rate"] < f["raw_error_rate"]
+    assert s["targets"]["filter_lowers_rationale_errors"]["met"] is True
+
+
+def test_refinement_runs_with_the_student_as_critic_against_best_of_n(quick_run):
+    out, s = quick_run
+    r = s["refine"]
+    assert r["n"] == s["config"]["refine_prompts"] and not r["errors"]
+    assert r["generations"]["refine"] == r["generations"]["best_of_n"]  # equal compute
+    for item in r["items"]:
+        assert json.loads((out / "refine" / item["id"] / "trajectory.json").read_text())["prompt"] == item["prompt"]
+    assert r["true_reward"]["round0_best"] is not None
+
+
+def test_the_noisy_teacher_is_reported_on_the_same_pairs(quick_run):
+    _out, s = quick_run
+    t = s["teacher_reference"]
+    assert t["n"] == s["student"]["n"] and 0.55 < t["accuracy"] <= 1.0
+
+
+def test_rerunning_the_same_command_resumes_without_redoing_anything(quick_run):
+    out, summary = quick_run
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    assert again["student"] == summary["student"] and again["timing_s"] == summary["timing_s"]
+    other = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--seed", "9"])
+    assert other.exit_code == 2 and "other settings" in " ".join(other.output.split())
