@@ -17,7 +17,8 @@ Stages, each over one folder ``DIR`` and each skipped when already done with the
 4. ``eval``    - :func:`rationalrewards.eval.evaluate` with the ``pairs`` benchmark on the held-out
                  pairs, for the student and, as a reference, for the noisy teacher (``DIR/eval``);
 5. ``refine``  - Generate-Critique-Refine with the student as critic and the world's generator,
-                 against best-of-N at equal generations (``DIR/refine``);
+                 against best-of-N at equal generations (``DIR/refine``); the same with the noisy
+                 teacher as critic, for scale (``DIR/refine-teacher``);
 6. ``report``  - ``DIR/summary.json`` and ``DIR/report.html``.
 
 A killed run restarted with the same arguments continues where it stopped: every stage is either
@@ -107,7 +108,7 @@ class DemoConfig:
     vocab_size: int = 1024
     learning_rate: float = 1e-3
     batch_size: int = 8
-    max_steps: int = 2000
+    max_steps: int = 1500
     warmup_ratio: float = 0.03
     max_new_tokens: int = 240
     eval_batch_size: int = 16
