@@ -81,6 +81,28 @@ def assign_ids(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, A
     return rows
 
 
+def latest_rows(path: str | Path, *, key: str = "id", is_done: Any = None) -> dict[str, dict[str, Any]]:
+    """The latest row per ``key`` of a JSONL results file; a finished row is never replaced by a
+    later unfinished one. Lines torn by a kill are skipped."""
+    done = is_done or (lambda row: bool(row.get("ok")))
+    rows: dict[str, dict[str, Any]] = {}
+    path = Path(path)
+    if not path.is_file():
+        return rows
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or row.get(key) is None:
+                continue
+            rid = str(row[key])
+            if rid not in rows or done(row) or not done(rows[rid]):
+                rows[rid] = row
+    return rows
+
+
 class ResumableJsonl:
     """Append-only result file keyed by ``id``.
 
@@ -131,16 +153,7 @@ class ResumableJsonl:
     def finalize(self, order: list[str] | None = None) -> list[dict[str, Any]]:
         """Rewrite the file with one line per id, in ``order`` (then any others)."""
         self._fh.close()
-        latest: dict[str, dict[str, Any]] = {}
-        with self.path.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                rid = str(row.get(self.key))
-                if rid not in latest or self.is_done(row) or not self.is_done(latest[rid]):
-                    latest[rid] = row
+        latest = latest_rows(self.path, key=self.key, is_done=self.is_done)
         ordered = [latest.pop(i) for i in (order or []) if i in latest] + list(latest.values())
         self._rewrite(ordered)
         return ordered

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..critique.aggregate import decide_pair
-from ..io import InputFileError, ResumableJsonl, atomic_write_json
+from ..io import InputFileError, ResumableJsonl, atomic_write_json, latest_rows
 from .benchmarks import Benchmark, PairItem, get_benchmark
 from .labels import label_repr
 from .sources import RowSource, open_source
@@ -313,20 +313,8 @@ class Evaluation:
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill; the item is simply not finished
-            if isinstance(row, dict) and row.get("id") is not None:
-                rid = str(row["id"])
-                if rid not in rows or row.get("ok") or not rows[rid].get("ok"):
-                    rows[rid] = row
-    return rows
+    """The saved result of each pair (torn lines skipped; a success is never undone by a later failure)."""
+    return latest_rows(path)
 
 
 def _describe(rm: Any) -> dict[str, Any]:
