@@ -8,7 +8,7 @@ on the same held-out pairs. Prints the rationale error rates (claimed defects vs
 truth) of the raw and the kept rationales, and both students' accuracies.
 
     python bench/bench_demo_filter_ablation.py                 # under 2 minutes on two cores
-    python bench/bench_demo_filter_ablation.py --default-budget  # the demo's default budget (~13 min)
+    python bench/bench_demo_filter_ablation.py --default-budget  # the demo's default budget (~17 min)
     python bench/bench_demo_filter_ablation.py --out runs/ablation --keep
 
 The default budget is smaller than ``--quick``: the students learn the format but not yet to
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-pairs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--default-budget", action="store_true",
-                    help="the demo's default budget (1000 pairs, 1500 steps, 100 held-out pairs; ~13 min)")
+                    help="the demo's default budget (1000 pairs, 1500 steps, 100 held-out pairs; ~17 min)")
     args = ap.parse_args(argv)
 
     from rationalrewards.demo.pipeline import DemoConfig, DemoRun

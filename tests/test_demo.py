@@ -47,6 +47,26 @@ def test_the_student_learns_the_critique_format_from_scratch(quick_run):
                                       "edit/preservation", "edit/artefacts", "edit/text"}
 
 
+def test_the_student_sees_through_a_pretrained_tower_and_its_claims_are_measured(quick_run):
+    _out, s = quick_run
+    vp = s["student"]["vision_pretraining"]
+    assert vp["steps"] == s["config"]["vision_pretrain_steps"]
+    assert vp["heldout_accuracy"]["slots"] > vp["heldout_accuracy_before"]["slots"] + 0.3
+    assert vp["heldout_accuracy"]["artefacts"] > 0.8
+    claims = s["student"]["claims"]
+    assert set(claims) <= {f"{t}/{d}" for t in ("t2i", "edit") for d in
+                           ("text_faithfulness", "image_faithfulness", "physical_quality", "text_rendering")}
+    assert all(0.0 <= c["accuracy"] <= 1.0 and 0.0 < c["majority"] <= 1.0 and c["n"] > 0 for c in claims.values())
+    assert claims["t2i/physical_quality"]["n"] == 2 * sum(
+        v["n"] for k, v in s["student"]["by_category"].items() if k.startswith("t2i/"))
+    st = s["student"]
+    assert 0.0 <= st["decided_share"] <= 1.0
+    if st["decided_share"] > 0:  # accuracy = share decided x accuracy when decided (no failures here)
+        assert st["accuracy"] == pytest.approx(st["decided_share"] * st["accuracy_when_decided"], abs=0.01)
+    # the noisy teacher sees through the side channel: its claims are mostly right
+    assert s["teacher_reference"]["claims"]["t2i/text_faithfulness"]["accuracy"] > 0.7
+
+
 def test_the_filter_removes_wrong_rationales(quick_run):
     _out, s = quick_run
     f = s["filter"]

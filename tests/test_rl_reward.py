@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 
@@ -205,6 +206,20 @@ def test_submit_scores_in_the_background(server):
     batch = future.result(timeout=30)
     rm.close()
     assert batch.valid == [True] * 3
+
+
+def test_background_scoring_runs_on_the_reward_models_own_loop(server):
+    rm = reward_model(server)
+    loop = rm.event_loop
+    assert rm.event_loop is loop  # started once, then reused
+
+    async def where() -> object:
+        return asyncio.get_running_loop()
+
+    assert rm.run_sync(where()) is loop  # the sync API runs there
+    batch = RationalReward(rm).submit([grey(0.5)], ["p"]).result(timeout=30)
+    assert batch.valid == [True] and rm.event_loop is loop  # and so does the RL reward
+    rm.close()
 
 
 async def test_score_is_awaitable_inside_a_running_loop(server):

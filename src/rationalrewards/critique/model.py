@@ -77,12 +77,14 @@ def _has_source(source: Any) -> bool:
     return not (isinstance(source, str) and not source)
 
 
-class _LoopThread:
-    """A private event loop in a daemon thread, so sync calls reuse one HTTP client."""
+class BackgroundLoop:
+    """An asyncio event loop running in a daemon thread: synchronous code submits coroutines to it
+    with :meth:`run` (blocking) or ``asyncio.run_coroutine_threadsafe(coro, bg.loop)``, so every
+    call reuses the clients and micro-batches that live on that one loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "rationalrewards-loop") -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="rationalrewards-loop", daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.thread.start()
 
     def run(self, coro: Awaitable[T]) -> T:
@@ -123,7 +125,7 @@ class RewardModel:
         self.sampling = sampling or SamplingParams()
         self.max_pixels = max_pixels
         self.concurrency = concurrency
-        self._loop: _LoopThread | None = None
+        self._loop: BackgroundLoop | None = None
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -187,10 +189,19 @@ class RewardModel:
         """Run a coroutine on this model's private event loop (the one its sync methods use), so
         synchronous code shares one HTTP client with them."""
         if self._loop is None:
-            self._loop = _LoopThread()
+            self._loop = BackgroundLoop()
         return self._loop.run(coro)
 
     _run = run_sync
+
+    @property
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this model's synchronous methods run on (a :class:`BackgroundLoop`,
+        started on first use). Code that submits coroutines from other threads, such as the RL
+        reward's background scoring, uses it to share the model's HTTP client and batches."""
+        if self._loop is None:
+            self._loop = BackgroundLoop()
+        return self._loop.loop
 
     def _load(self, src: Any, base_dir: str | None, name: str) -> PreparedImage:
         return load_image(src, max_pixels=self.max_pixels, base_dir=base_dir, name=name)

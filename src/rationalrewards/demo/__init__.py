@@ -3,6 +3,7 @@
 * :mod:`.world` - scene specs, a renderer, prompts written from specs, edit tasks, true defects;
 * :mod:`.generator` - a procedural generator whose error rates depend on how explicit the prompt is;
 * :mod:`.teacher` - a scripted teacher backend (``demo-teacher``) with configurable noise;
+* :mod:`.vision` - pretraining and conditioning of the student's vision tower;
 * :mod:`.pipeline` - the end-to-end run: pairs -> PARROT -> student training -> eval -> refine;
 * :mod:`.report` - ``summary.json`` and ``report.html``.
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .generator import DemoGenerator, ErrorRates, draw_scene
     from .pipeline import DemoConfig, run_demo
     from .teacher import DemoTeacher
+    from .vision import pretrain_vision
     from .world import Intent, Scene, Task, parse_request, render, sample_task
 
 # Registered here (not only in teacher.py) so that naming the backend works as soon as the
@@ -34,6 +36,7 @@ _LAZY = {
     "DemoConfig": ".pipeline",
     "run_demo": ".pipeline",
     "DemoTeacher": ".teacher",
+    "pretrain_vision": ".vision",
     "Intent": ".world",
     "Scene": ".world",
     "Task": ".world",
@@ -60,6 +63,7 @@ __all__ = [
     "Task",
     "draw_scene",
     "parse_request",
+    "pretrain_vision",
     "render",
     "run_demo",
     "sample_task",

@@ -47,14 +47,17 @@ from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 from .generator import ErrorRates, draw_scene
+from .vision import VISION_MARKER, prepare_vision
 from .world import (
     JUDGE_TEMPLATES,
     Intent,
     Scene,
+    dims_for,
     find_defects,
     parse_request,
     render_png,
     sample_task,
+    text_applies,
     true_reward,
     true_scores,
     write_templates,
@@ -105,6 +108,8 @@ class DemoConfig:
     filter: bool = True
     hidden_size: int = 128
     num_layers: int = 2
+    vision_pretrain_steps: int = 500
+    vision_pretrain_images: int = 3000
     vocab_size: int = 1024
     learning_rate: float = 1e-3
     batch_size: int = 8
@@ -125,7 +130,7 @@ class DemoConfig:
             # Enough steps to learn the format from scratch, not to learn to look (docs/demo.md);
             # a higher learning rate because only the format has to stick.
             base.update(train_pairs=200, eval_pairs=30, refine_prompts=3, max_steps=200, learning_rate=2e-3,
-                        refine_rounds=1)
+                        refine_rounds=1, vision_pretrain_steps=100, vision_pretrain_images=640)
         base.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**base)
         cfg.validate()
@@ -138,12 +143,14 @@ class DemoConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("refine_prompts", "refine_rounds"):
+        for name in ("refine_prompts", "refine_rounds", "vision_pretrain_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("edit_rate", "cue_rate", "teacher_noise", "rationalize", "warmup_ratio"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.vision_pretrain_steps and self.vision_pretrain_images < 64:
+            raise ValueError(f"vision_pretrain_images must be >= 64, got {self.vision_pretrain_images}")
         if self.image_size < 32:
             raise ValueError("image_size must be at least 32 pixels (one visual token)")
         if self.hidden_size % 8:
@@ -289,68 +296,6 @@ def tokenizer_corpus(seed: int = 0, n: int = 300) -> list[str]:
     return lines
 
 
-VISION_MARKER = "demo_vision.json"
-
-
-def sample_images(n: int, *, seed: int = 0, edit_rate: float = 0.25, image_size: int = 96) -> list[Any]:
-    """``n`` images the generator draws for random requests of the world (PIL, RGB)."""
-    from .world import render
-
-    rng = random.Random(f"demo-vision:{seed}")
-    out = []
-    for _ in range(n):
-        task = sample_task(rng, "v", edit_rate=edit_rate)
-        _, scene = draw_scene(task.prompt, source=task.intent.source, seed=rng.randrange(1_000_000))
-        out.append(render(scene, image_size))
-    return out
-
-
-def condition_vision(model_dir: str | Path, images: list[Any], *, target_std: float = 1.0,
-                     per_dim: bool = False) -> dict[str, Any]:
-    """Centre and scale the output of a randomly initialised vision tower on sample images.
-
-    The student keeps its vision tower *frozen at its random initialisation* (random features,
-    the ``freeze_vision`` default of ``parrot train``); only the language model is trained. Random
-    features of different images share a large common component (cosine similarity 0.8-0.9 on
-    the world's images), and a language model trained from scratch takes hundreds of steps to
-    start reading the small image-specific part, or never does when the tower is trained along
-    and collapses to an image-independent output. Subtracting the mean feature and scaling to a
-    fixed spread (a data-dependent initialisation of the projector's last layer, like whitening)
-    lets it start within a few dozen steps. Returns the statistics, also saved in the folder.
-    """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    folder = Path(model_dir)
-    processor = AutoProcessor.from_pretrained(folder)
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
-    vis = model.model.visual
-    batch = processor.image_processor(images=images, return_tensors="pt")
-    stats: dict[str, Any] = {"images": len(images), "target_std": target_std, "per_dim": per_dim, "layers": []}
-    with torch.no_grad():
-        out = vis(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
-        deep = list(getattr(out, "deepstack_features", None) or [])
-        for name, module, feats in [("merger", vis.merger, out.pooler_output),
-                                    *((f"deepstack.{i}", m, f) for i, (m, f) in enumerate(
-                                        zip(vis.deepstack_merger_list, deep, strict=True)))]:
-            mean = feats.mean(0)
-            spread = float((feats - mean).std())
-            cos = torch.nn.functional.cosine_similarity(feats, mean.expand_as(feats), dim=-1).mean().item()
-            if per_dim:
-                # Each output dimension to zero mean and the target spread (a diagonal whitening).
-                scale = target_std / (feats - mean).std(0).clamp_min(1e-6)
-                module.linear_fc2.weight.mul_(scale[:, None])
-            else:
-                scale = torch.full_like(mean, target_std / max(spread, 1e-8))
-                module.linear_fc2.weight.mul_(scale[0])
-            module.linear_fc2.bias.mul_(scale).sub_(mean * scale)
-            stats["layers"].append({"name": name, "mean_norm_before": round(float(mean.norm()), 4),
-                                    "spread_before": round(spread, 4), "cos_to_mean_before": round(cos, 4)})
-    model.save_pretrained(folder)
-    atomic_write_json(folder / VISION_MARKER, stats)
-    return stats
-
-
 # ------------------------------------------------------------------------------------------------
 # Stage 2: PARROT measurements
 # ------------------------------------------------------------------------------------------------
@@ -446,6 +391,47 @@ def rationale_errors(parrot_dir: str | Path, truth_path: str | Path) -> dict[str
         "kept": {"n": kept["pairwise"] + kept["pointwise"], "error_rate": rate(kept, both),
                  "pairwise": rate(kept, ("pairwise",)), "pointwise": rate(kept, ("pointwise",))},
     }
+
+
+def claim_accuracy(eval_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
+    """Per critique dimension, how often a judge's claims about an image are exactly right.
+
+    For every held-out judgement in ``eval_dir`` (an ``eval`` output folder) and each of its two
+    judged images, the defects its justification claims on a dimension are compared with the
+    image's true defects on that dimension (both "nothing wrong" counts as right). Tells where a
+    judge fails: seeing artefacts, matching objects to the request, reading the word, edits.
+    ``majority`` is the score of always writing the most common true claim, the floor a judge
+    that has learnt nothing about that dimension reaches.
+    """
+    from .teacher import claimed_defects
+
+    truth = _truth_index(Path(truth_path))
+    path = Path(eval_dir) / "results.jsonl"
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    truths_seen: dict[str, Counter[tuple[str, ...]]] = {}
+    for row in _read_jsonl(path) if path.is_file() else []:
+        t = truth.get(row.get("id"))
+        order = (row.get("orders") or [{}])[0]
+        if t is None or not order.get("raw"):
+            continue
+        intent = _intent_of(t)
+        claims = claimed_defects(order["raw"], intent)
+        shown = ("a", "b") if order.get("order", "AB") == "AB" else ("b", "a")
+        for side, key in zip(("A", "B"), shown, strict=True):
+            true_scene = Scene.from_json(t[f"scene_{key}"])
+            truths = find_defects(intent, true_scene)
+            for dim in dims_for(intent):
+                if dim == "text_rendering" and not text_applies(intent):
+                    continue
+                task_dim = f"{intent.task}/{dim}"
+                true_codes = sorted(d.code for d in truths if d.dim == dim)
+                total[task_dim] += 1
+                right[task_dim] += sorted(d.code for d in claims.get(side, []) if d.dim == dim) == true_codes
+                truths_seen.setdefault(task_dim, Counter())[tuple(true_codes)] += 1
+    # majority: what a judge that always writes the most common true claim would score.
+    return {k: {"n": total[k], "accuracy": round(right[k] / total[k], 4),
+                "majority": round(truths_seen[k].most_common(1)[0][1] / total[k], 4)} for k in sorted(total)}
 
 
 def unfiltered_rows(parrot: Any) -> list[dict[str, Any]]:
@@ -729,7 +715,8 @@ class DemoRun:
             tmp = base.with_name(".base.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(random_init, tmp)
-            condition_vision(tmp, sample_images(64, seed=cfg.seed, edit_rate=cfg.edit_rate, image_size=cfg.image_size))
+            prepare_vision(tmp, pretrain_steps=cfg.vision_pretrain_steps, images=cfg.vision_pretrain_images,
+                           seed=cfg.seed, edit_rate=cfg.edit_rate, image_size=cfg.image_size, log=self.log)
             shutil.rmtree(base, ignore_errors=True)
             os.replace(tmp, base)
         tc = TrainConfig(
@@ -741,7 +728,11 @@ class DemoRun:
             logging_steps=max(10, cfg.max_steps // 10), eval=False, seed=cfg.seed, resume="auto",
         )
         summary = train_student(tc, log=self.log)
-        return {"base": str(base), **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step",
+        vision = json.loads((base / VISION_MARKER).read_text(encoding="utf-8"))
+        pre = vision.get("pretraining") or {}
+        return {"base": str(base), "vision_pretraining": _pick(pre, ("steps", "images", "heldout_accuracy_before",
+                                                                      "heldout_accuracy", "seconds")) or None,
+                **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step",
                                                       "seconds", "resumed_from", "device"))}
 
     def _student_model(self) -> Any:
@@ -768,13 +759,16 @@ class DemoRun:
         data = str(self.world_dir / "heldout" / "pairs.jsonl")
         rm = self._student_model()
         report = evaluate(rm, "pairs", data, str(self.eval_dir / "student"), concurrency=cfg.eval_batch_size)
-        out = {"student": _eval_summary(report, self.eval_dir / "student")}
+        truth = self.world_dir / "heldout" / "truth.jsonl"
+        out = {"student": {**_eval_summary(report, self.eval_dir / "student"),
+                           "claims": claim_accuracy(self.eval_dir / "student", truth)}}
         if cfg.teacher_reference:
             teacher = RewardModel(DemoTeacher(noise=cfg.teacher_noise, seed=cfg.seed + 7), templates=str(self.templates_dir),
                                   sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, seed=0))
             rep_t = evaluate(teacher, "pairs", data, str(self.eval_dir / "teacher"), concurrency=32)
             teacher.close()
-            out["teacher"] = _eval_summary(rep_t, self.eval_dir / "teacher")
+            out["teacher"] = {**_eval_summary(rep_t, self.eval_dir / "teacher"),
+                              "claims": claim_accuracy(self.eval_dir / "teacher", truth)}
         return out
 
     def refine(self) -> dict[str, Any]:
@@ -885,11 +879,17 @@ def _eval_summary(report: dict[str, Any], folder: Path) -> dict[str, Any]:
     rows = _read_jsonl(folder / "results.jsonl") if (folder / "results.jsonl").is_file() else []
     n = len(rows)
     parse_fail = sum(1 for r in rows if not r.get("ok") and r.get("error_kind") == "parse")
+    # A tie predicted for a pair whose images differ is wrong under 3way; how often the judge
+    # commits, and how often it is right when it does, separate "cannot tell" from "wrong".
+    decided = [r for r in rows if r.get("ok") and r.get("prediction") in ("A", "B")]
+    right = sum(1 for r in decided if r.get("prediction") == r.get("label"))
     return {
         "benchmark": report.get("benchmark"), "protocol": report.get("protocol"), "n": report.get("n"),
         "n_failed": report.get("n_failed"), "accuracy": report.get("accuracy"),
         "accuracy_no_ties": report.get("accuracy_no_ties"), "ci95": report.get("ci95"),
         "parse_rate": round(1 - parse_fail / n, 4) if n else None,
+        "decided_share": round(len(decided) / n, 4) if n else None,
+        "accuracy_when_decided": round(right / len(decided), 4) if decided else None,
         "by_category": {k: _pick(v, ("n", "accuracy", "n_failed")) for k, v in (report.get("by_category") or {}).items()},
     }
 

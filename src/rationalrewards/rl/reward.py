@@ -409,15 +409,13 @@ class RationalReward:
 
     # -- internals ----------------------------------------------------------------------------
     def _loop(self) -> asyncio.AbstractEventLoop:
-        from ..critique.model import RewardModel, _LoopThread
+        from ..critique.model import BackgroundLoop, RewardModel
 
         if isinstance(self.scorer, RewardModel):
             # The in-process backend batches futures of ONE loop: share the model's own loop.
-            if self.scorer._loop is None:
-                self.scorer._loop = _LoopThread()
-            return self.scorer._loop.loop
+            return self.scorer.event_loop
         if self._own_loop is None:
-            self._own_loop = _LoopThread()
+            self._own_loop = BackgroundLoop()
         return self._own_loop.loop
 
     async def _prepare_all(

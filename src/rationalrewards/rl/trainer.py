@@ -37,7 +37,6 @@ import random
 import shutil
 import statistics
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..critique.model import BackgroundLoop
 from ..io import InputFileError, atomic_write_json, atomic_write_text, read_jsonl
 from . import nft
 from .config import ConfigError, NFTConfig
@@ -226,17 +226,6 @@ class BrightnessReward:
         return {"rewards": values, "valid": [True] * len(values), "scores": {"brightness": list(values)}}
 
 
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="nft-reward-loop", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-
 class RewardClient:
     """Runs any supported reward object in the background and returns futures.
 
@@ -247,7 +236,7 @@ class RewardClient:
 
     def __init__(self, reward: Any) -> None:
         self.reward = reward
-        self._loop: _LoopThread | None = None
+        self._loop: BackgroundLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     def submit(self, images: list[Any], prompts: list[str], sources: list[Any] | None,
@@ -258,7 +247,7 @@ class RewardClient:
         score = getattr(r, "score", None)
         if score is not None and inspect.iscoroutinefunction(score):
             if self._loop is None:
-                self._loop = _LoopThread()
+                self._loop = BackgroundLoop("nft-reward-loop")
             coro = score(images, prompts, sources=sources, group_ids=group_ids)
             return asyncio.run_coroutine_threadsafe(coro, self._loop.loop)
         fn = score if score is not None else r

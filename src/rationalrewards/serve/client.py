@@ -119,10 +119,10 @@ class RemoteReward:
         return client
 
     def _run(self, coro: Any) -> Any:
-        from ..critique.model import _LoopThread
+        from ..critique.model import BackgroundLoop
 
         if self._loop is None:
-            self._loop = _LoopThread()
+            self._loop = BackgroundLoop()
         return self._loop.run(coro)
 
     async def ahealth(self) -> dict[str, Any]:
