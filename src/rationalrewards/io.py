@@ -81,25 +81,34 @@ def assign_ids(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, A
     return rows
 
 
-def latest_rows(path: str | Path, *, key: str = "id", is_done: Any = None) -> dict[str, dict[str, Any]]:
-    """The latest row per ``key`` of a JSONL results file; a finished row is never replaced by a
-    later unfinished one. Lines torn by a kill are skipped."""
-    done = is_done or (lambda row: bool(row.get("ok")))
-    rows: dict[str, dict[str, Any]] = {}
+def iter_keyed_rows(path: str | Path, *, key: str = "id") -> Iterator[dict[str, Any] | None]:
+    """The lines of a JSONL results file in order: each row that is an object carrying ``key``,
+    and None for every other line (torn by a kill, not an object, no key), so callers can count
+    them. A missing file has no lines."""
     path = Path(path)
     if not path.is_file():
-        return rows
+        return
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                yield None
                 continue
-            if not isinstance(row, dict) or row.get(key) is None:
-                continue
-            rid = str(row[key])
-            if rid not in rows or done(row) or not done(rows[rid]):
-                rows[rid] = row
+            yield row if isinstance(row, dict) and row.get(key) is not None else None
+
+
+def latest_rows(path: str | Path, *, key: str = "id", is_done: Any = None) -> dict[str, dict[str, Any]]:
+    """The latest row per ``key`` of a JSONL results file; a finished row is never replaced by a
+    later unfinished one. Lines torn by a kill are skipped."""
+    done = is_done or (lambda row: bool(row.get("ok")))
+    rows: dict[str, dict[str, Any]] = {}
+    for row in iter_keyed_rows(path, key=key):
+        if row is None:
+            continue
+        rid = str(row[key])
+        if rid not in rows or done(row) or not done(rows[rid]):
+            rows[rid] = row
     return rows
 
 
@@ -117,17 +126,11 @@ class ResumableJsonl:
         self.rows: dict[str, dict[str, Any]] = {}
         self.dropped = 0
         if self.path.exists():
-            with self.path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        self.dropped += 1  # a line torn by a kill
-                        continue
-                    if isinstance(row, dict) and self.is_done(row) and row.get(key) is not None:
-                        self.rows[str(row[key])] = row
-                    else:
-                        self.dropped += 1
+            for row in iter_keyed_rows(self.path, key=key):
+                if row is not None and self.is_done(row):
+                    self.rows[str(row[key])] = row
+                else:
+                    self.dropped += 1  # failed, or a line torn by a kill
             # Rewrite without the failed / torn lines so appends start from a clean file.
             self._rewrite(list(self.rows.values()))
         self.path.parent.mkdir(parents=True, exist_ok=True)

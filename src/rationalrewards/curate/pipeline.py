@@ -34,7 +34,7 @@ from typing import Any
 
 from ..critique.dimensions import DIMENSION_KEYS
 from ..critique.schema import CritiqueResult
-from ..io import ResumableJsonl, atomic_write_json
+from ..io import ResumableJsonl, atomic_write_json, iter_keyed_rows
 from .report import Stats, draw_histogram, png_bytes, write_report_html
 from .sources import Columns, Item, ItemSource, ListItems, inline_bytes, open_items
 from .thresholds import Decision, Thresholds, decide
@@ -192,19 +192,13 @@ def curate(items: Any, out_dir: str | os.PathLike[str], **kwargs: Any) -> Curati
 def _failed_records(path: Path) -> dict[str, dict[str, Any]]:
     """The last failed critique of each id in a critique store (torn lines skipped)."""
     rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("id") is not None:
-                if row.get("ok"):
-                    rows.pop(str(row["id"]), None)
-                else:
-                    rows[str(row["id"])] = row
+    for row in iter_keyed_rows(path):
+        if row is None:
+            continue
+        if row.get("ok"):
+            rows.pop(str(row["id"]), None)
+        else:
+            rows[str(row["id"])] = row
     return rows
 
 
