@@ -49,6 +49,7 @@ from ..io import atomic_write_json, atomic_write_text
 from .generator import ErrorRates, draw_scene
 from .vision import VISION_MARKER, prepare_vision
 from .world import (
+    DIM_OF,
     JUDGE_TEMPLATES,
     Intent,
     Scene,
@@ -419,13 +420,11 @@ def claim_accuracy(eval_dir: str | Path, truth_path: str | Path) -> dict[str, An
         claims = claimed_defects(order["raw"], intent)
         shown = ("a", "b") if order.get("order", "AB") == "AB" else ("b", "a")
         for side, key in zip(("A", "B"), shown, strict=True):
-            true_scene = Scene.from_json(t[f"scene_{key}"])
-            truths = find_defects(intent, true_scene)
             for dim in dims_for(intent):
                 if dim == "text_rendering" and not text_applies(intent):
                     continue
                 task_dim = f"{intent.task}/{dim}"
-                true_codes = sorted(d.code for d in truths if d.dim == dim)
+                true_codes = sorted(c for c in t[f"defects_{key}"] if DIM_OF[c] == dim)
                 total[task_dim] += 1
                 right[task_dim] += sorted(d.code for d in claims.get(side, []) if d.dim == dim) == true_codes
                 truths_seen.setdefault(task_dim, Counter())[tuple(true_codes)] += 1
