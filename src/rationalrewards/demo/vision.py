@@ -130,42 +130,41 @@ def pretrain_vision(model_dir: str | Path, *, images: int = 3000, steps: int = 5
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
     nslot, nlet = len(POSITIONS) * _OBJ_CLASSES, _WORD_LEN * _LETTER_CLASSES
 
-    def run(idx: Any) -> tuple[Any, list[tuple[float, float, float]]]:
+    def read_out(idx: Any) -> list[tuple[Any, Any, Any]]:
+        """Slot, letter and artefact logits of each read-out head (merger first) for ``idx``."""
         b = len(idx)
         out = vis(patches[idx].reshape(-1, patches.shape[-1]), grid_thw=grid[idx])
-        loss: Any = 0.0
-        accs = []
-        f = torch.nn.functional
+        logits = []
         for head, feats in zip(heads, [out.pooler_output, *out.deepstack_features], strict=True):
             z = head(feats.reshape(b, -1))
-            zs = z[:, :nslot].reshape(b, len(POSITIONS), _OBJ_CLASSES)
-            zl = z[:, nslot:nslot + nlet].reshape(b, _WORD_LEN, _LETTER_CLASSES)
-            za = z[:, nslot + nlet:]
-            loss = loss + f.cross_entropy(zs.reshape(-1, _OBJ_CLASSES), slots[idx].reshape(-1)) \
-                + f.cross_entropy(zl.reshape(-1, _LETTER_CLASSES), letters[idx].reshape(-1)) \
-                + f.binary_cross_entropy_with_logits(za, arts[idx])
-            accs.append(((zs.argmax(-1) == slots[idx]).float().mean().item(),
-                         (zl.argmax(-1) == letters[idx]).float().mean().item(),
-                         ((za > 0) == (arts[idx] > 0.5)).float().mean().item()))
-        return loss, accs
+            logits.append((z[:, :nslot].reshape(b, len(POSITIONS), _OBJ_CLASSES),
+                           z[:, nslot:nslot + nlet].reshape(b, _WORD_LEN, _LETTER_CLASSES), z[:, nslot + nlet:]))
+        return logits
+
+    def loss_of(idx: Any) -> Any:
+        f = torch.nn.functional
+        return sum(f.cross_entropy(zs.reshape(-1, _OBJ_CLASSES), slots[idx].reshape(-1))
+                   + f.cross_entropy(zl.reshape(-1, _LETTER_CLASSES), letters[idx].reshape(-1))
+                   + f.binary_cross_entropy_with_logits(za, arts[idx]) for zs, zl, za in read_out(idx))
 
     test_idx = torch.arange(images, images + heldout)
 
     def measure() -> dict[str, float]:
         vis.eval()
         with torch.no_grad():
-            _, accs = run(test_idx)
+            # The merger's read-out: the features the language model gets as visual tokens.
+            zs, zl, za = read_out(test_idx)[0]
         vis.train()
-        # The merger's read-out: the features the language model gets as visual tokens.
-        return {"slots": round(accs[0][0], 4), "letters": round(accs[0][1], 4), "artefacts": round(accs[0][2], 4)}
+        return {"slots": round((zs.argmax(-1) == slots[test_idx]).float().mean().item(), 4),
+                "letters": round((zl.argmax(-1) == letters[test_idx]).float().mean().item(), 4),
+                "artefacts": round(((za > 0) == (arts[test_idx] > 0.5)).float().mean().item(), 4)}
 
     before = measure()
     order = torch.Generator().manual_seed(seed + 1)
-    vis.train()
     last = float("nan")
     for step in range(steps):
         idx = torch.randint(0, images, (batch_size,), generator=order)
-        loss, _ = run(idx)
+        loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
