@@ -188,9 +188,7 @@ class RewardModel:
     def run_sync(self, coro: Awaitable[T]) -> T:
         """Run a coroutine on this model's private event loop (the one its sync methods use), so
         synchronous code shares one HTTP client with them."""
-        if self._loop is None:
-            self._loop = BackgroundLoop()
-        return self._loop.run(coro)
+        return self._background().run(coro)
 
     _run = run_sync
 
@@ -199,9 +197,12 @@ class RewardModel:
         """The event loop this model's synchronous methods run on (a :class:`BackgroundLoop`,
         started on first use). Code that submits coroutines from other threads, such as the RL
         reward's background scoring, uses it to share the model's HTTP client and batches."""
+        return self._background().loop
+
+    def _background(self) -> BackgroundLoop:
         if self._loop is None:
             self._loop = BackgroundLoop()
-        return self._loop.loop
+        return self._loop
 
     def _load(self, src: Any, base_dir: str | None, name: str) -> PreparedImage:
         return load_image(src, max_pixels=self.max_pixels, base_dir=base_dir, name=name)
