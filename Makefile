@@ -6,15 +6,17 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # On the project's machines these come from local disk; elsewhere pip downloads them.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The exact versions the suite passed with; `make lock` refreshes it on purpose.
+CONSTRAINTS ?= constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart critique-example test lint bench clean
+.PHONY: setup quickstart critique-example test lint bench lock browser clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -c $(CONSTRAINTS) $(TORCH_SPEC)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,7 +30,11 @@ quickstart: setup
 critique-example: setup
 	$(PY) -m rationalrewards.quickstart
 
-test: setup
+# Debian's chromium + chromedriver for the browser tests (no browser download at run time).
+browser:
+	bash .ci/browser-setup
+
+test: setup browser
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -37,6 +43,19 @@ lint: setup
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Re-resolve every dependency to the newest allowed version and pin the result. Run `make test`
+# afterwards and commit constraints.txt only if it passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q $(TORCH_SPEC)
+	.venv-lock/bin/pip install -q -e ".[dev]"
+	( echo "# Exact versions the test suite passed with. Refresh on purpose: make lock && make test"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^pip==' ) > $(CONSTRAINTS)
+	rm -rf .venv-lock
+	@echo "constraints.txt refreshed; now run: make test"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from holdgate import HoldAfter, wait_for_lines
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer, critique_text, judge_responder
 
 EXE = str(Path(sys.executable).parent / "rationalrewards")
@@ -135,19 +135,20 @@ def test_batch_resume_after_kill_loses_and_duplicates_nothing(tmp_path, images):
     n = 40
     requests = write_batch(tmp_path, n, images[0])
     out = tmp_path / "results.jsonl"
-    with ScriptedServer(judge_responder(T2I), latency_s=0.1) as server:
+    gate = HoldAfter(judge_responder(T2I), n=10)  # requests 11+ wait: the kill lands mid-run
+    with ScriptedServer(gate) as server:
         proc = subprocess.Popen([EXE, "critique", "--input", str(requests), "--output", str(out), "--base-url",
                                  server.base_url, "--model", "m", "--concurrency", "2"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if out.exists() and len(out.read_text().splitlines()) >= 8:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            gate.wait_until_holding()
+            wait_for_lines(out, 8)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        gate.release()
         partial = len(out.read_text().splitlines())
-        assert 8 <= partial < n
+        assert 8 <= partial <= 10
         again = run("critique", "--input", str(requests), "--output", str(out), "--base-url", server.base_url,
                     "--model", "m", "--concurrency", "8")
         assert again.returncode == 0, again.stderr

@@ -15,12 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from holdgate import HoldAfter, wait_for_lines
 from rationalrewards import RewardModel
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.eval import Evaluation, compare_reports, evaluate
@@ -414,21 +414,22 @@ def test_cli_eval_resumes_after_a_kill_and_compare_prints_runs_side_by_side(tmp_
     n = 30
     data = pairs_jsonl(tmp_path, n=n, labels=["A", "B"])
     out = tmp_path / "run"
-    with ScriptedServer(colour_judge, latency_s=0.1) as server:
+    gate = HoldAfter(colour_judge, n=8)  # requests 9+ wait: the kill lands mid-run
+    with ScriptedServer(gate) as server:
         args = ["eval", "--benchmark", "pairs", "--data", str(data), "--out", str(out), "--base-url",
                 server.base_url, "--model", "judge", "--bootstrap", "50"]
         proc = subprocess.Popen([EXE, *args, "--concurrency", "2"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         results = out / "results.jsonl"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if results.exists() and len(results.read_text().splitlines()) >= 6:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            gate.wait_until_holding()
+            wait_for_lines(results, 6)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        gate.release()
         partial = len(results.read_text().splitlines())
-        assert 6 <= partial < n
+        assert 6 <= partial <= 8
         again = cli(*args, "--concurrency", "8", "--json")
         assert again.returncode == 0, again.stderr
         asked = server.chat_request_count
@@ -533,19 +534,22 @@ def test_hub_ids_go_through_datasets_with_the_pinned_revision(tmp_path, monkeypa
 def test_ctrl_c_saves_finished_items_and_exits_130(tmp_path):
     data = pairs_jsonl(tmp_path, n=20, labels=["A"])
     out = tmp_path / "run"
-    with ScriptedServer(colour_judge, latency_s=0.1) as server:
+    gate = HoldAfter(colour_judge, n=6)  # requests 7+ wait: Ctrl-C lands mid-run
+    with ScriptedServer(gate) as server:
         args = ["eval", "--benchmark", "pairs", "--data", str(data), "--out", str(out), "--base-url",
                 server.base_url, "--model", "judge", "--bootstrap", "0", "--concurrency", "2"]
         proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         results = out / "results.jsonl"
-        deadline = time.time() + 60
-        while time.time() < deadline and not (results.exists() and len(results.read_text().splitlines()) >= 4):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)  # a hang here is the bug this test guards against
+        try:
+            gate.wait_until_holding()
+            wait_for_lines(results, 4)
+        finally:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # a hang here is the bug this test guards against
+        gate.release()
         assert proc.returncode == 130 and "rerun the same command to resume" in err
         saved = [json.loads(x)["id"] for x in results.read_text().splitlines()]
-        assert 4 <= len(saved) < 20 and len(set(saved)) == len(saved)
+        assert 4 <= len(saved) <= 6 and len(set(saved)) == len(saved)
         again = cli(*args)
         assert again.returncode == 0, again.stderr
     assert len(results.read_text().splitlines()) == 20

@@ -9,12 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from holdgate import HoldAfter, wait_for_lines
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.parrot.config import resolve_config
 from rationalrewards.parrot.pipeline import Parrot
@@ -368,16 +368,17 @@ def test_cli_killed_with_sigkill_mid_run_resumes_to_identical_outputs(pairs_file
     out = tmp_path / "killed"
     args = ["run", "--pairs", str(pairs_file), "--out", str(out), "--val-fraction", "0.3",
             "--concurrency", "3", "--max-retries", "0"]
-    with ScriptedServer(scripted_teacher(), latency_s=0.05) as server:
+    gate = HoldAfter(scripted_teacher(), n=24)  # requests 25+ wait: the kill lands inside phase 1
+    with ScriptedServer(gate) as server:
         proc = _cli(*args, "--teacher-base-url", server.base_url, "--teacher-model", "teacher")
         anchored = out / "anchored.jsonl"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if anchored.exists() and anchored.read_text().count("\n") >= 20:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        try:
+            gate.wait_until_holding()
+            wait_for_lines(anchored, 12)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        gate.release()
         assert proc.returncode == -signal.SIGKILL
         assert not (out / "filtered.jsonl").exists()
         # The rerun finds the teacher settings in DIR/config.json: no flags needed but the folder.

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from holdgate import wait_for_lines
 from rationalrewards import RewardModel
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.cli.main import app
@@ -219,13 +219,10 @@ def test_a_killed_batch_resumes_without_losing_or_duplicating_work(tmp_path):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                results = out / "results.jsonl"
-                if results.exists() and len(results.read_text().splitlines()) >= 2:
-                    break
-                time.sleep(0.05)
-            time.sleep(0.2)  # land inside the next item
+            wait_for_lines(out / "results.jsonl", 2)
+            # Two items (3 generations each) are saved; the 7th generation means the kill lands
+            # inside the third item rather than between items.
+            wait_for_lines(log, 7)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -203,11 +203,10 @@ async def test_latency_overlaps_across_concurrent_requests():
     with ScriptedServer(lambda req: "ok", latency_s=0.3) as s:
         limits = httpx.Limits(max_connections=n)
         async with httpx.AsyncClient(base_url=s.base_url, limits=limits) as client:
-            t0 = time.perf_counter()
             rs = await asyncio.gather(*(client.post("/chat/completions", json=chat_body()) for _ in range(n)))
-            elapsed = time.perf_counter() - t0
+        # Every request was held by the server at the same moment: latency never serialises them.
+        assert s.max_chat_in_flight == n
     assert all(content_of(r) == "ok" for r in rs)
-    assert 0.3 <= elapsed < 1.5  # serial would be 12 s
 
 
 async def test_timeout_against_delay_and_async_responder():
@@ -372,17 +371,18 @@ def test_connection_close_is_honoured(server):
 def test_stop_releases_the_port_and_cancels_inflight():
     s = ScriptedServer(lambda req: Reply(content="never", delay_s=30)).start()
     port = s.port
-    client = httpx.Client(base_url=s.base_url, timeout=10)
-    with pytest.raises(httpx.TransportError):
-        # Stop while the request sleeps: the client must see the connection go, not hang.
-        import threading
+    client = httpx.Client(base_url=s.base_url, timeout=120)
+    import threading
 
-        threading.Timer(0.2, s.stop).start()
-        t0 = time.perf_counter()
-        try:
-            client.post("/chat/completions", json=chat_body())
-        finally:
-            assert time.perf_counter() - t0 < 5
+    def stop_once_held() -> None:
+        s.wait_for_requests(1, timeout=60)
+        s.stop()
+
+    threading.Thread(target=stop_once_held).start()
+    # Stop while the request sleeps: the client must see the connection go, not wait for a timeout.
+    with pytest.raises(httpx.TransportError) as info:
+        client.post("/chat/completions", json=chat_body())
+    assert not isinstance(info.value, httpx.TimeoutException)
     client.close()
     s.stop()  # idempotent
     with pytest.raises(ConnectionRefusedError):

@@ -6,7 +6,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -142,13 +141,11 @@ def test_generate_with_image(processor, model) -> None:
     n_image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
     assert n_image_tokens == int(grid.prod()) // 4 <= 16
 
-    start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=64, min_new_tokens=64)
-    elapsed = time.perf_counter() - start
     assert out.shape == (1, inputs["input_ids"].shape[1] + 64)
-    # Typically ~0.15 s on 2 CPU cores; the bound only catches an accidentally huge model.
-    assert elapsed < 20
+    # Tiny by construction (about 1 MB); catches an accidentally huge model without timing it.
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
 def test_batched_left_padded_generate_matches_unbatched(processor, model) -> None:
@@ -249,9 +246,9 @@ def test_build_is_idempotent(tmp_path: pathlib.Path) -> None:
     path = build_tiny_qwen3vl(tmp_path / "m")
     weights = path / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    start = time.perf_counter()
+    (path / "sentinel").write_text("an identical build is reused, not rebuilt")
     assert build_tiny_qwen3vl(path) == path
-    assert time.perf_counter() - start < 1.0
+    assert (path / "sentinel").exists()
     assert weights.stat().st_mtime_ns == mtime
 
     # Other parameters: the folder is ours (marker present), so it is rebuilt in place.
@@ -263,10 +260,10 @@ def test_build_is_idempotent(tmp_path: pathlib.Path) -> None:
     build_tiny_qwen3vl(path, num_layers=1)
     assert (path / "model.safetensors").is_file()
 
-    mtime = (path / "model.safetensors").stat().st_mtime_ns
-    time.sleep(0.01)
+    (path / "sentinel").write_text("overwrite=True replaces the whole folder")
     build_tiny_qwen3vl(path, num_layers=1, overwrite=True)
-    assert (path / "model.safetensors").stat().st_mtime_ns != mtime
+    assert not (path / "sentinel").exists()
+    assert (path / "model.safetensors").is_file()
     # No temporary folders left beside it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 

@@ -404,6 +404,8 @@ class ScriptedServer:
         self._active_connections = 0
         self._chat_requests = 0
         self._total_requests = 0
+        self._chat_in_flight = 0
+        self._max_chat_in_flight = 0
         self._completion_ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stop_requested = False
@@ -551,6 +553,11 @@ class ScriptedServer:
     def chat_request_count(self) -> int:
         """Chat-completion requests received, counted even when ``record=False``."""
         return self._chat_requests
+
+    @property
+    def max_chat_in_flight(self) -> int:
+        """Most chat-completion requests the server held at once (arrival to reply written)."""
+        return self._max_chat_in_flight
 
     @property
     def request_count(self) -> int:
@@ -729,14 +736,21 @@ class ScriptedServer:
         if path == CHAT_PATH:
             if method != "POST":
                 return await self._send_reply(writer, Reply(status=405), rec, keep_alive, completion=False)
-            reply = self._pop_fault()
-            if reply is None:
-                error = self._validate_chat(rec, json_ok)
-                reply = error if error is not None else await self._call_responder(self._responder, rec)
-            delay = self.latency_s + reply.delay_s
-            if delay > 0:
-                await asyncio.sleep(delay)
-            return await self._send_reply(writer, reply, rec, keep_alive, completion=True)
+            # Counted from arrival to the reply being written, so a client's concurrency limit can
+            # be checked by what the server saw rather than by timing.
+            self._chat_in_flight += 1
+            self._max_chat_in_flight = max(self._max_chat_in_flight, self._chat_in_flight)
+            try:
+                reply = self._pop_fault()
+                if reply is None:
+                    error = self._validate_chat(rec, json_ok)
+                    reply = error if error is not None else await self._call_responder(self._responder, rec)
+                delay = self.latency_s + reply.delay_s
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                return await self._send_reply(writer, reply, rec, keep_alive, completion=True)
+            finally:
+                self._chat_in_flight -= 1
         if path == IMAGES_PATH:
             if method != "POST":
                 return await self._send_reply(writer, Reply(status=405), rec, keep_alive, completion=False)

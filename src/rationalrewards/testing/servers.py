@@ -29,9 +29,11 @@ from collections.abc import Iterator, Sequence
 
 __all__ = [
     "ServeProcess",
+    "live_group_members",
     "start_transformers_serve",
     "stop_transformers_serve",
     "transformers_serve",
+    "wait_process_group_gone",
 ]
 
 _HOST = "127.0.0.1"
@@ -73,7 +75,10 @@ def stop_transformers_serve(proc: subprocess.Popen, timeout: float = 10.0, *, ke
     """Stop a server from :func:`start_transformers_serve` and its whole process group.
 
     Sends SIGTERM to the group (uvicorn shuts down cleanly on it), then SIGKILL after ``timeout``
-    seconds. The log file is deleted unless ``keep_log``. Safe to call twice.
+    seconds, and returns only once no live process is left in the group (or raises
+    ``TimeoutError`` naming the survivors). Workers the server forked may outlive the leader for a
+    moment after SIGTERM, so waiting for the leader alone is not enough. The log file is deleted
+    unless ``keep_log``. Safe to call twice.
     """
     if proc.poll() is None:
         _signal_group(proc, signal.SIGTERM)
@@ -82,10 +87,59 @@ def stop_transformers_serve(proc: subprocess.Popen, timeout: float = 10.0, *, ke
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=timeout)
+    if not wait_process_group_gone(proc.pid, timeout):
+        _signal_group(proc, signal.SIGKILL)
+        if not wait_process_group_gone(proc.pid, timeout):
+            raise TimeoutError(
+                f"process group {proc.pid} still has live members after SIGKILL: {live_group_members(proc.pid)}"
+            )
     log_path = getattr(proc, "log_path", None)
     if log_path is not None and not keep_log:
         with contextlib.suppress(OSError):
             log_path.unlink()
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes in group ``pgid`` that are still running (zombies excluded).
+
+    Zombies are left out on purpose: once a server's leader has exited, its orphaned workers are
+    reaped by whichever process adopts them (init, or a container's PID 1 that may never reap), so
+    a zombie says nothing about whether the server still runs. On systems without ``/proc`` this
+    falls back to asking the kernel whether the group exists at all.
+    """
+    proc_root = pathlib.Path("/proc")
+    if not (proc_root / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:  # pragma: no cover - group exists but belongs to someone else
+            pass
+        return [pgid]
+    members = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def wait_process_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until group ``pgid`` has no live member; True if it has none."""
+    deadline = time.monotonic() + timeout
+    while live_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:  # type: ignore[type-arg]
