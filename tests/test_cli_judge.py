@@ -173,10 +173,20 @@ def test_compare_batch(tmp_path, images):
     assert [r["winner"] for r in rows] == ["A", "A"]
 
 
-def test_batch_input_errors_name_the_line(tmp_path):
+def test_a_bad_batch_line_is_a_failed_row_naming_the_line_and_the_rest_still_runs(tmp_path, images):
+    (tmp_path / "a.png").write_bytes(images[0].read_bytes())
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "x", "image": "a.png"}\n{"id": "b", "image": "b.png"}\n')
-    out = run("critique", "--input", str(bad), "--output", str(tmp_path / "o.jsonl"), "--base-url",
-              "http://127.0.0.1:9/v1", "--model", "m")
-    assert out.returncode == 2
+    out_path = tmp_path / "o.jsonl"
+    with ScriptedServer(judge_responder(T2I)) as server:
+        out = run("critique", "--input", str(bad), "--output", str(out_path), "--base-url", server.base_url,
+                  "--model", "m")
+        strict = run("critique", "--input", str(bad), "--output", str(out_path), "--base-url", server.base_url,
+                     "--model", "m", "--strict")
+    assert out.returncode == 0, out.stderr
     assert "bad.jsonl:2" in out.stderr and "prompt" in out.stderr
+    rows = {r["id"]: r for r in map(json.loads, out_path.read_text().splitlines())}
+    assert rows["a"]["ok"] is True
+    assert rows["b"]["ok"] is False and rows["b"]["error_kind"] == "input"
+    assert "bad.jsonl:2" in rows["b"]["error"] and "prompt" in rows["b"]["error"]
+    assert strict.returncode == 2  # --strict: any failed item makes the exit code say so

@@ -1,7 +1,7 @@
 """Image intake shared by every backend.
 
-Accepts paths, bytes, PIL images, Hugging Face image dicts (``{"bytes": ..., "path": ...}``)
-and ``data:`` URLs / plain base64 strings (when ``allow_base64``). Produces a
+Accepts paths, bytes, PIL images, Hugging Face image dicts (``{"bytes": ..., "path": ...}``),
+``data:`` URLs, and plain base64 strings (when ``allow_base64``). Produces a
 :class:`PreparedImage`: RGB, EXIF-upright, within ``max_pixels``, with encoded bytes and the
 MIME type that matches them. Images that need no change keep their original bytes, so nothing
 is re-encoded (or degraded) on the way to a server.
@@ -126,7 +126,9 @@ def _read_source(src: Any, *, base_dir: Path | None, allow_paths: bool, allow_ba
         raise ImageInputError(f"{name}: image dict has neither 'bytes' nor 'path'")
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
-        if allow_base64 and (text.startswith("data:") or _looks_like_base64(text)):
+        # A data URL says what it is, so it is accepted wherever images are (a JSONL batch line
+        # may carry one); plain base64 only where asked for, since any string could be a path.
+        if (isinstance(src, str) and text.startswith("data:")) or (allow_base64 and _looks_like_base64(text)):
             return _decode_base64(text, name), None, name
         if not allow_paths:
             raise ImageInputError(f"{name}: file paths are not accepted here; send image bytes as base64")

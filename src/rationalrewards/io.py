@@ -12,12 +12,41 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 class InputFileError(ValueError):
     """A JSONL/Parquet input is missing, unreadable or lacks a required column."""
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """One input line that could not be used; the rest of the file still is.
+
+    ``id`` is the line's own id when the line was readable enough to carry one (so its failure
+    can be reported under that id); ``message`` names the file, the line and what was wrong.
+    """
+
+    line: int
+    message: str
+    id: str | None = None
+
+
+def dumps_line(obj: Any) -> str:
+    """One JSON line, readable (non-ASCII kept as is) wherever UTF-8 can hold it.
+
+    A string with a lone surrogate (valid JSON via a ``\\ud800`` escape, but not encodable as
+    UTF-8) would make the write fail and lose the batch; such a line is written with ASCII
+    escapes instead, which reads back to exactly the same value.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True)
+    return text
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -40,45 +69,120 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate somewhere: escape rather than fail the write
+        text = json.dumps(obj, indent=2, ensure_ascii=True)
+    atomic_write_text(path, text + "\n")
 
 
-def read_jsonl(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Read a JSONL input; raises :class:`InputFileError` naming the file, line and field."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def _row_id(row: dict[str, Any]) -> str | None:
+    value = row.get("id")
+    if value in (None, "") or isinstance(value, (dict, list, bool)):
+        return None
+    return str(value)
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    required: Iterable[str] = (),
+    problems: list[LineProblem] | None = None,
+) -> list[dict[str, Any]]:
+    """Read a JSONL input: one JSON object per line, blank lines skipped, a UTF-8 BOM accepted.
+
+    A line that is not UTF-8, not JSON, not an object or lacks a ``required`` field is a
+    problem naming the file, line and field. With a ``problems`` list the problem is appended
+    there and reading goes on (a batch runs every other line); without one the first problem
+    raises :class:`InputFileError`. A missing or unreadable file always raises.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputFileError(f"input is a folder, not a JSONL file: {path}")
     if not path.is_file():
         raise InputFileError(f"input file not found: {path}")
     rows = []
     need = tuple(required)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+
+    def problem(lineno: int, what: str, row_id: str | None = None) -> None:
+        found = LineProblem(lineno, f"{path}:{lineno}: {what}", row_id)
+        if problems is None:
+            raise InputFileError(found.message)
+        problems.append(found)
+
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # editors on Windows write one; it is not part of the data
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem(lineno, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                problem(lineno, f"not valid JSON ({exc.msg})")
+                continue
+            except RecursionError:
+                problem(lineno, "not valid JSON (nested too deeply)")
+                continue
             if not isinstance(row, dict):
-                raise InputFileError(f"{path}:{lineno}: expected a JSON object")
+                problem(lineno, f"expected a JSON object, got {type(row).__name__}")
+                continue
             missing = [k for k in need if row.get(k) in (None, "")]
             if missing:
-                raise InputFileError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+                problem(lineno, f"missing field(s) {', '.join(missing)}", _row_id(row))
+                continue
             row.setdefault("_line", lineno)
             rows.append(row)
     return rows
 
 
-def assign_ids(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, Any]]:
-    """Give id-less rows their line number as id; refuse duplicate ids (resume would merge them)."""
+def assign_ids(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    *,
+    problems: list[LineProblem] | None = None,
+) -> list[dict[str, Any]]:
+    """Give id-less rows their line number as id; refuse duplicate ids (resume would merge them).
+
+    With a ``problems`` list a later duplicate becomes a problem (its line is left out, the first
+    line with that id is kept); without one it raises :class:`InputFileError`. Ids already held
+    by problem lines count too, so a failure is never reported under another row's id.
+    """
+    earlier_problems: dict[str, int] = {}
+    for p in sorted(problems or (), key=lambda p: p.line):
+        if p.id is not None:
+            earlier_problems.setdefault(p.id, p.line)
     seen: dict[str, int] = {}
+    kept = []
     for row in rows:
         if row.get("id") in (None, ""):
             row["id"] = f"line-{row['_line']}"
         row["id"] = str(row["id"])
-        if row["id"] in seen:
-            raise InputFileError(f"{path}:{row['_line']}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        first = seen.get(row["id"])
+        if first is None and earlier_problems.get(row["id"], row["_line"]) < row["_line"]:
+            first = earlier_problems[row["id"]]
+        if first is not None:
+            message = f"{path}:{row['_line']}: duplicate id {row['id']!r} (first on line {first})"
+            if problems is None:
+                raise InputFileError(message)
+            problems.append(LineProblem(row["_line"], message))
+            continue
         seen[row["id"]] = row["_line"]
-    return rows
+        kept.append(row)
+    return kept
 
 
 def iter_keyed_rows(path: str | Path, *, key: str = "id") -> Iterator[dict[str, Any] | None]:
@@ -88,11 +192,11 @@ def iter_keyed_rows(path: str | Path, *, key: str = "id") -> Iterator[dict[str, 
     path = Path(path)
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
+    with path.open("rb") as fh:
+        for raw in fh:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 yield None
                 continue
             yield row if isinstance(row, dict) and row.get(key) is not None else None
@@ -110,6 +214,49 @@ def latest_rows(path: str | Path, *, key: str = "id", is_done: Any = None) -> di
         if rid not in rows or done(row) or not done(rows[rid]):
             rows[rid] = row
     return rows
+
+
+def settings_path_for(output: str | Path) -> Path:
+    """Where :func:`pin_settings` keeps the settings of a results file: beside it."""
+    output = Path(output)
+    return output.with_name(output.name + ".settings.json")
+
+
+def pin_settings(output: str | Path, settings: dict[str, Any], *, overwrite: bool = False) -> str | None:
+    """Tie a resumable results file to the settings that shaped its rows.
+
+    The settings are stored beside ``output`` (``<output>.settings.json``, written atomically).
+    Resuming into an ``output`` whose stored settings differ would mix rows judged two ways in
+    one file, so it raises :class:`InputFileError` listing each difference; ``overwrite=True``
+    deletes ``output`` instead and starts over. Keys absent from the stored file are not
+    compared (they were added by a later version). Returns a note for the log when ``output``
+    holds rows but no readable settings (written by an older version): they are kept as is.
+    """
+    output = Path(output)
+    sidecar = settings_path_for(output)
+    current = json.loads(dumps_line(settings))  # compare in the form that is stored
+    note = None
+    if overwrite:
+        output.unlink(missing_ok=True)
+    elif output.is_file() and output.stat().st_size > 0:
+        saved: Any = None
+        if sidecar.is_file():
+            try:
+                saved = json.loads(sidecar.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                saved = None
+        if isinstance(saved, dict):
+            diffs = [f"{k}: saved {saved[k]!r}, now {v!r}" for k, v in current.items() if k in saved and saved[k] != v]
+            if diffs:
+                raise InputFileError(
+                    f"{output} already holds results made with other settings ({'; '.join(diffs)}). Mixing them "
+                    "would mix two ways of judging in one file: use another --output, or add --overwrite to start over."
+                )
+        else:
+            note = (f"note: {output} has results but no readable {sidecar.name}; their settings cannot be checked, "
+                    "so they are kept and these settings are recorded from now on")
+    atomic_write_json(sidecar, current)
+    return note
 
 
 class ResumableJsonl:
@@ -142,10 +289,10 @@ class ResumableJsonl:
         return {rid for rid, row in self.rows.items() if self.is_done(row)}
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(self.path, "".join(dumps_line(r) + "\n" for r in rows))
 
     def append(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.write(dumps_line(row) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
         if row.get(self.key) is not None:

@@ -113,4 +113,6 @@ def request_key(model: str, messages: list[dict[str, Any]], params: SamplingPara
         sort_keys=True,
         ensure_ascii=False,
     )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    # surrogatepass: a prompt with a lone surrogate still gets a key (the same one as before for
+    # every other text), instead of failing the cache lookup with UnicodeEncodeError.
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()

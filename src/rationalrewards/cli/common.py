@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+import math
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,33 +29,142 @@ EXIT_INPUT = 2
 EXIT_PARSE = 3
 EXIT_BACKEND = 4
 
+# The dimensions a judge may answer N/A for unless --allow-na says otherwise (the contract's default).
+DEFAULT_ALLOW_NA = "text_rendering"
+
 err_console = Console(stderr=True)
 out_console = Console()
+
+
+# -- option checks: every range is checked once, where the option is declared -----------------
+def check_number(
+    low: float | None = None, *, above: bool = False, high: float | None = None
+) -> Callable[[Any], Any]:
+    """A typer callback: the value (or each value of a list) is finite and within range.
+
+    ``above`` makes ``low`` exclusive. click's own ``min=`` lets NaN through (every comparison
+    with NaN is false), so ranges are checked here instead; the error names the option, exit 2.
+    """
+
+    def check(value: Any) -> Any:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise typer.BadParameter(f"must be a finite number, not {v}")
+            if low is not None and (v <= low if above else v < low):
+                raise typer.BadParameter(f"must be {'>' if above else '>='} {low:g}, not {v:g}")
+            if high is not None and v > high:
+                raise typer.BadParameter(f"must be <= {high:g}, not {v:g}")
+        return value
+
+    return check
+
+
+def check_choice(pattern: str, shown: str) -> Callable[[Any], Any]:
+    """A typer callback: the value matches ``pattern`` (``shown`` lists what is accepted)."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if value is not None and not compiled.fullmatch(str(value)):
+            raise typer.BadParameter(f"must be one of {shown}, not {value!r}")
+        return value
+
+    return check
+
+
+def _check_base_urls(value: Any) -> Any:
+    for url in value or ():
+        if not re.match(r"https?://[^/\s]+", url):
+            raise typer.BadParameter(f"must be an http:// or https:// URL, not {url!r}")
+    return value
+
+
+def parse_aggregation_spec(spec: str) -> Any:
+    """The :class:`~rationalrewards.critique.aggregate.Aggregation` named by ``--aggregation``;
+    ValueError (naming the problem) for an unknown preset or dimension, or a weight that is not
+    a finite number >= 0, or weights that are all zero."""
+    from ..critique import aggregate
+
+    strict = getattr(aggregate, "parse_aggregation", None)
+    if strict is not None:
+        return strict(spec)
+    agg = aggregate.get_aggregation(spec)
+    for task in ("t2i", "edit"):
+        agg.weights_for(task)  # raises on an unknown dimension
+    if agg.weights is not None:
+        for key, weight in agg.weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight of {key} must be a finite number >= 0, not {weight}")
+        if not any(agg.weights.values()):
+            raise ValueError(f"{spec!r} gives every dimension weight 0; nothing would be scored")
+    return agg
+
+
+def check_aggregation(value: Any) -> Any:
+    if value is None:
+        return value
+    try:
+        parse_aggregation_spec(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def parse_allow_na(spec: str) -> tuple[str, ...]:
+    """``--allow-na``: comma-separated dimension keys, ``all`` or ``none`` -> the keys (sorted)."""
+    from ..critique.dimensions import keys_for
+
+    known = sorted(set(keys_for("t2i")) | set(keys_for("edit")))
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if parts == ["all"]:
+        return tuple(known)
+    if parts in ([], ["none"]):
+        return ()
+    unknown = [p for p in parts if p not in known]
+    if unknown:
+        raise ValueError(f"unknown dimension(s) {', '.join(unknown)}; known: {', '.join(known)}, or all / none")
+    return tuple(sorted(set(parts)))
+
+
+def check_allow_na(value: Any) -> Any:
+    if value is None:
+        return value
+    try:
+        parse_allow_na(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+_DEVICES = r"auto|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?"
+_DTYPES = r"auto|bfloat16|bf16|float16|fp16|float32|fp32"
 
 # -- backend options (the same names on every command that calls a model) ---------------------
 BaseUrlOpt = Annotated[
     list[str] | None,
-    typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (repeat to balance over several)."),
+    typer.Option("--base-url", callback=_check_base_urls, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (repeat to balance over several)."),
 ]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", help="Served model name with --base-url; otherwise a local folder or HF id run in process."),
 ]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="Bearer key (default: $OPENAI_API_KEY).")]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight at once.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.")]
-RetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="Retries on 429/5xx/timeouts.")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature")]
-MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1)]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", callback=check_number(1), help="Requests in flight at once.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", callback=check_number(0, above=True), help="Seconds per request attempt.")]
+RetriesOpt = Annotated[int, typer.Option("--max-retries", callback=check_number(0), help="Retries on 429/5xx/timeouts.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=check_number(0))]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", callback=check_number(1))]
 SeedOpt = Annotated[int | None, typer.Option("--seed")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="In-process only: auto, cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="In-process only: auto, bfloat16, float16, float32.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="In-process only: conversations per generate().")]
-MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Downscale images to at most this many pixels.")]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_choice(_DEVICES, "auto, cpu, cuda, cuda:N, mps"), help="In-process only: auto, cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", callback=check_choice(_DTYPES, "auto, bfloat16, float16, float32"), help="In-process only: auto, bfloat16, float16, float32.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", callback=check_number(1), help="In-process only: conversations per generate().")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", callback=check_number(1), help="Downscale images to at most this many pixels.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder for the on-disk response cache (off by default).")]
 TemplatesOpt = Annotated[Path | None, typer.Option("--templates", help="Folder with your own prompt template set.")]
 AggregationOpt = Annotated[
-    str, typer.Option("--aggregation", help="default | release-edit-rl | release-pairwise | key=weight,...")
+    str, typer.Option("--aggregation", callback=check_aggregation,
+                      help="default | release-edit-rl | release-pairwise | key=weight,...")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
@@ -75,6 +187,7 @@ def backend_options(
     templates: Path | None,
     aggregation: str,
     prefix: str = "",
+    allow_na: str = DEFAULT_ALLOW_NA,
 ) -> dict[str, Any]:
     """Collect the shared options into keyword arguments for ``RewardModel.from_options``."""
     from ..backends import SamplingParams
@@ -83,6 +196,11 @@ def backend_options(
         raise typer.BadParameter(
             f"choose a backend: --{prefix}base-url URL (with --{prefix}model NAME) or --{prefix}model PATH_OR_HF_ID"
         )
+    if not base_url and model and looks_like_missing_path(model):
+        fail(f"--{prefix}model: no model folder at {model} (a hub id looks like ORG/NAME; a local model must "
+             "be an existing folder)", EXIT_INPUT)
+    if templates is not None and not templates.is_dir():
+        fail(f"--{prefix}templates: no template folder at {templates}", EXIT_INPUT)
     return {
         "base_url": base_url or None,
         "model": model,
@@ -97,16 +215,67 @@ def backend_options(
         "cache": str(cache) if cache else None,
         "templates": str(templates) if templates else None,
         "aggregation": aggregation,
+        "allow_na": parse_allow_na(allow_na),
         "sampling": SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
     }
 
 
+def looks_like_missing_path(value: str) -> bool:
+    """True for a ``--model`` value that is meant as a local path but names nothing.
+
+    A value is a path when it starts with ``./``, ``../``, ``/`` or ``~`` (or is ``.``/``..``),
+    or when its parent folder exists (``models/judge`` next to a ``models`` folder); a hub id
+    ``ORG/NAME`` is neither.
+    """
+    if Path(value).expanduser().exists():
+        return False
+    if value in (".", "..") or value.startswith(("./", "../", "/", "~", ".\\", "..\\")):
+        return True
+    parent = Path(value).expanduser().parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+
+def settings_fingerprint(opts: dict[str, Any]) -> dict[str, Any]:
+    """The backend options that change what a judgement means (model, prompts, scoring,
+    sampling, image size), for pinning a resumable output. Transport settings (URLs,
+    concurrency, timeouts, cache, device) are left out: they change how, not what."""
+    sampling = opts["sampling"]
+    templates = opts.get("templates")
+    return {
+        "model": opts.get("model"),
+        "templates": None if templates is None else _folder_digest(Path(templates)),
+        "aggregation": opts.get("aggregation"),
+        "allow_na": list(opts.get("allow_na") or ()),
+        "temperature": sampling.temperature,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed,
+        "max_pixels": opts.get("max_pixels"),
+    }
+
+
+def _folder_digest(folder: Path) -> str:
+    """Name and content hash of a template folder: an edited template is a different setting."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode("utf-8", "surrogatepass"))
+        h.update(f.read_bytes())
+    return f"{folder.name}@{h.hexdigest()[:16]}"
+
+
 def make_reward_model(opts: dict[str, Any]) -> Any:
+    import inspect
+
     from ..backends import BackendError
     from ..critique.model import RewardModel
 
+    opts = dict(opts)
+    allow_na = tuple(opts.pop("allow_na", None) or ())
+    if "allow_na" in inspect.signature(RewardModel.__init__).parameters:
+        opts["allow_na"] = allow_na
+    elif set(allow_na) != {DEFAULT_ALLOW_NA}:
+        fail("--allow-na other than text_rendering needs a RewardModel that accepts allow_na", EXIT_INPUT)
     try:
-        return RewardModel.from_options(**dict(opts))
+        return RewardModel.from_options(**opts)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), EXIT_INPUT)
     except BackendError as exc:
@@ -114,12 +283,15 @@ def make_reward_model(opts: dict[str, Any]) -> Any:
 
 
 def fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``error: message`` on stderr (shown literally, never read as markup) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    from ..io import dumps_line
+
+    sys.stdout.write(dumps_line(obj) + "\n")
     sys.stdout.flush()
 
 
@@ -173,26 +345,34 @@ def resolve_relative(value: Any, base: Path) -> Any:
 
 
 # -- one declaration of the backend options for every command ----------------------------------
-# (name, annotation, default, flag, help). The defaults are the CLI's; a command may override them.
-_BACKEND_FIELDS: tuple[tuple[str, Any, Any, str, str], ...] = (
+# (name, annotation, default, flag, help, check). The defaults are the CLI's; a command may
+# override them. ``check`` is the option's typer callback: its range is checked here, once.
+_BACKEND_FIELDS: tuple[tuple[str, Any, Any, str, str, Callable[[Any], Any] | None], ...] = (
     ("base_url", list[str] | None, None, "base-url",
-     "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (repeat to balance over several)."),
+     "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (repeat to balance over several).", _check_base_urls),
     ("model", str | None, None, "model",
-     "Served model name with --base-url; otherwise a local folder or HF id run in process."),
-    ("api_key", str | None, None, "api-key", "Bearer key (default: $OPENAI_API_KEY)."),
-    ("concurrency", int, 16, "concurrency", "Requests in flight at once."),
-    ("timeout", float, 300.0, "timeout", "Seconds per request attempt."),
-    ("max_retries", int, 4, "max-retries", "Retries on 429/5xx/timeouts."),
-    ("temperature", float, 0.1, "temperature", "Sampling temperature."),
-    ("max_tokens", int, 4096, "max-tokens", "Most tokens generated per answer."),
-    ("seed", int | None, None, "seed", "Sampling seed."),
-    ("device", str, "auto", "device", "In-process only: auto, cpu, cuda, cuda:N, mps."),
-    ("dtype", str, "auto", "dtype", "In-process only: auto, bfloat16, float16, float32."),
-    ("batch_size", int, 8, "batch-size", "In-process only: conversations per generate()."),
-    ("max_pixels", int, 802_816, "max-pixels", "Downscale images to at most this many pixels."),
-    ("cache", Path | None, None, "cache", "Folder for the on-disk response cache (off by default)."),
-    ("templates", Path | None, None, "templates", "Folder with your own prompt template set."),
-    ("aggregation", str, "default", "aggregation", "default | release-edit-rl | release-pairwise | key=weight,..."),
+     "Served model name with --base-url; otherwise a local folder or HF id run in process.", None),
+    ("api_key", str | None, None, "api-key", "Bearer key (default: $OPENAI_API_KEY).", None),
+    ("concurrency", int, 16, "concurrency", "Requests in flight at once (>= 1).", check_number(1)),
+    ("timeout", float, 300.0, "timeout", "Seconds per request attempt (> 0).", check_number(0, above=True)),
+    ("max_retries", int, 4, "max-retries", "Retries on 429/5xx/timeouts (>= 0).", check_number(0)),
+    ("temperature", float, 0.1, "temperature", "Sampling temperature (>= 0; 0 is greedy).", check_number(0)),
+    ("max_tokens", int, 4096, "max-tokens", "Most tokens generated per answer (>= 1).", check_number(1)),
+    ("seed", int | None, None, "seed", "Sampling seed.", None),
+    ("device", str, "auto", "device", "In-process only: auto, cpu, cuda, cuda:N, mps.",
+     check_choice(_DEVICES, "auto, cpu, cuda, cuda:N, mps")),
+    ("dtype", str, "auto", "dtype", "In-process only: auto, bfloat16, float16, float32.",
+     check_choice(_DTYPES, "auto, bfloat16, float16, float32")),
+    ("batch_size", int, 8, "batch-size", "In-process only: conversations per generate() (>= 1).", check_number(1)),
+    ("max_pixels", int, 802_816, "max-pixels", "Downscale images to at most this many pixels (>= 1).",
+     check_number(1)),
+    ("cache", Path | None, None, "cache", "Folder for the on-disk response cache (off by default).", None),
+    ("templates", Path | None, None, "templates", "Folder with your own prompt template set.", None),
+    ("aggregation", str, "default", "aggregation",
+     "default | release-edit-rl | release-pairwise | key=weight,... (checked before any judging).", check_aggregation),
+    ("allow_na", str, DEFAULT_ALLOW_NA, "allow-na",
+     "Dimensions the judge may answer N/A for (comma-separated keys, all, or none); N/A on any other "
+     "dimension fails the item.", check_allow_na),
 )
 
 
@@ -224,8 +404,8 @@ def backend_command(
             raise TypeError(f"{fn.__name__} must declare a '{dest}' parameter for backend_command")
         kept = [p for p in sig.parameters.values() if p.name != dest]
         added = []
-        for name, ann, default, flag, help_text in _BACKEND_FIELDS:
-            option = typer.Option(f"--{prefix}{flag}", help=help_text, rich_help_panel=rich_panel)
+        for name, ann, default, flag, help_text, check in _BACKEND_FIELDS:
+            option = typer.Option(f"--{prefix}{flag}", help=help_text, rich_help_panel=rich_panel, callback=check)
             added.append(inspect.Parameter(
                 f"{pyprefix}{name}", inspect.Parameter.KEYWORD_ONLY,
                 default=overrides.get(name, default), annotation=Annotated[ann, option],
