@@ -20,6 +20,26 @@ from ..images import DEFAULT_MAX_PIXELS, PreparedImage
 from .base import Backend, BackendError, Generation, SamplingParams
 
 
+def _missing(module: str) -> ModuleNotFoundError:
+    top = module.split(".")[0]
+    return ModuleNotFoundError(
+        f"the transformers backend needs the 'local' extra: pip install 'rationalrewards[local]' "
+        f"(no module named {top!r})", name=top)
+
+
+def _require_local_stack() -> None:
+    """Fail at construction, not at the first generation, when torch/transformers are absent."""
+    import importlib.util
+
+    for module in ("torch", "transformers"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise _missing(module)
+
+
 @dataclass
 class _Pending:
     messages: list[dict[str, Any]]
@@ -81,6 +101,7 @@ class TransformersBackend(Backend):
         adapter: str | Path | None = None,
         trust_remote_code: bool = False,
     ):
+        _require_local_stack()
         self.model_path = str(model)
         self.model_name = self.model_path
         self.device_spec = device
@@ -121,9 +142,7 @@ class TransformersBackend(Backend):
             try:
                 from transformers import AutoModelForImageTextToText, AutoProcessor
             except ImportError as exc:  # pragma: no cover - depends on the install
-                raise BackendError(
-                    "the transformers backend needs the 'local' extra: pip install 'rationalrewards[local]'"
-                ) from exc
+                raise _missing(exc.name or "transformers") from exc
             device = _resolve_device(self.device_spec)
             dtype = _resolve_dtype(self.dtype_spec, device)
             try:
@@ -278,6 +297,13 @@ class TransformersBackend(Backend):
                 self._pending.remove(p)
             try:
                 gens = await asyncio.to_thread(self.generate_batch, [p.messages for p in group], first)
+            except ImportError as exc:
+                # A missing package is not this batch's failure: every item would fail the same
+                # way, so it reaches the caller (the CLI names the extra to install).
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
             except Exception as exc:  # a failed batch fails its items, visibly, and nothing else
                 err = f"local generation failed: {type(exc).__name__}: {exc}"
                 gens = [Generation(text=None, error=err) for _ in group]

@@ -137,8 +137,8 @@ def check_allow_na(value: Any) -> Any:
     return value
 
 
-_DEVICES = r"auto|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?"
-_DTYPES = r"auto|bfloat16|bf16|float16|fp16|float32|fp32"
+DEVICE_PATTERN = r"auto|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?"
+DTYPE_PATTERN = r"auto|bfloat16|bf16|float16|fp16|float32|fp32"
 
 # -- backend options (the same names on every command that calls a model) ---------------------
 BaseUrlOpt = Annotated[
@@ -156,8 +156,8 @@ RetriesOpt = Annotated[int, typer.Option("--max-retries", callback=check_number(
 TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=check_number(0))]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", callback=check_number(1))]
 SeedOpt = Annotated[int | None, typer.Option("--seed")]
-DeviceOpt = Annotated[str, typer.Option("--device", callback=check_choice(_DEVICES, "auto, cpu, cuda, cuda:N, mps"), help="In-process only: auto, cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", callback=check_choice(_DTYPES, "auto, bfloat16, float16, float32"), help="In-process only: auto, bfloat16, float16, float32.")]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_choice(DEVICE_PATTERN, "auto, cpu, cuda, cuda:N, mps"), help="In-process only: auto, cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", callback=check_choice(DTYPE_PATTERN, "auto, bfloat16, float16, float32"), help="In-process only: auto, bfloat16, float16, float32.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", callback=check_number(1), help="In-process only: conversations per generate().")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", callback=check_number(1), help="Downscale images to at most this many pixels.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder for the on-disk response cache (off by default).")]
@@ -360,9 +360,9 @@ _BACKEND_FIELDS: tuple[tuple[str, Any, Any, str, str, Callable[[Any], Any] | Non
     ("max_tokens", int, 4096, "max-tokens", "Most tokens generated per answer (>= 1).", check_number(1)),
     ("seed", int | None, None, "seed", "Sampling seed.", None),
     ("device", str, "auto", "device", "In-process only: auto, cpu, cuda, cuda:N, mps.",
-     check_choice(_DEVICES, "auto, cpu, cuda, cuda:N, mps")),
+     check_choice(DEVICE_PATTERN, "auto, cpu, cuda, cuda:N, mps")),
     ("dtype", str, "auto", "dtype", "In-process only: auto, bfloat16, float16, float32.",
-     check_choice(_DTYPES, "auto, bfloat16, float16, float32")),
+     check_choice(DTYPE_PATTERN, "auto, bfloat16, float16, float32")),
     ("batch_size", int, 8, "batch-size", "In-process only: conversations per generate() (>= 1).", check_number(1)),
     ("max_pixels", int, 802_816, "max-pixels", "Downscale images to at most this many pixels (>= 1).",
      check_number(1)),

@@ -14,6 +14,7 @@ from ..cli.common import (
     EXIT_PARSE,
     JsonOpt,
     backend_command,
+    check_number,
     emit_json,
     err_console,
     fail,
@@ -28,8 +29,8 @@ def curate_command(
     input: Annotated[Path, typer.Option("--input", help="JSONL ({id, prompt, image, source?}), Parquet, a `datasets` "
                                         "folder, a Parquet folder, or a folder of images.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (reusing it resumes and re-splits).")],
-    min_reward: Annotated[float | None, typer.Option("--min-reward", min=0.0, max=1.0,
-                                                     help="Keep items with reward >= X.")] = None,
+    min_reward: Annotated[float | None, typer.Option("--min-reward", callback=check_number(0, high=1),
+                                                     help="Keep items with reward >= X (0..1).")] = None,
     min_score: Annotated[list[str] | None, typer.Option("--min", help="DIM=VALUE: keep items with that dimension's "
                                                         "score >= VALUE (repeatable; N/A passes).")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Image folder: JSONL/CSV/TXT mapping file name "
@@ -39,7 +40,7 @@ def curate_command(
     prompt_column: Annotated[str, typer.Option("--prompt-column")] = "prompt",
     image_column: Annotated[str, typer.Option("--image-column")] = "image",
     source_column: Annotated[str, typer.Option("--source-column")] = "source",
-    report_examples: Annotated[int, typer.Option("--report-examples", min=0,
+    report_examples: Annotated[int, typer.Option("--report-examples", callback=check_number(0),
                                                  help="Lowest-reward examples shown in report.html.")] = 20,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop critiques before the refinement tail.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any critique failed.")] = False,
@@ -66,7 +67,7 @@ def curate_command(
     concurrency = backend["concurrency"] if backend else 16
     if backend is not None:
         rm = make_reward_model(backend)
-    err_console.print(f"{total} items from {input} -> {out}")
+    err_console.print(f"{total} items from {input} -> {out}", markup=False, highlight=False)
     with progress_bar("curate", total) as advance:
         try:
             result = curate(source, out, reward_model=rm, thresholds=thresholds, concurrency=concurrency,
@@ -89,7 +90,8 @@ def curate_command(
         if stats["rejections_by_check"]:
             out_console.print("rejections by check: " + ", ".join(f"{k} {v}" for k, v in
                                                                  sorted(stats["rejections_by_check"].items())))
-        out_console.print(f"-> {out / 'kept.jsonl'}, {out / 'rejected.jsonl'}, {out / 'report.html'}", highlight=False)
+        out_console.print(f"-> {out / 'kept.jsonl'}, {out / 'rejected.jsonl'}, {out / 'report.html'}", markup=False,
+                          highlight=False)
     failures = stats["failures_by_kind"]
     if failures.get("input") or failures.get("parse") or failures.get("backend"):
         err_console.print("failed critiques are in rejected.jsonl with their reason; rerun with a judge to retry them")

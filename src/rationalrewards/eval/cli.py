@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..cli.common import (
     EXIT_INPUT,
     JsonOpt,
     backend_command,
+    check_choice,
+    check_number,
     emit_json,
     err_console,
     fail,
@@ -32,17 +35,20 @@ def run(
     data: Annotated[str | None, typer.Option(
         "--data", help="A Parquet/JSON/JSONL file, a folder (files or a saved HF dataset), or a hub id ORG/NAME.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder: results.jsonl, report.*; rerun resumes.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="pairwise (one joint judgement) or pointwise (compare rewards).")] = "pairwise",
+    mode: Annotated[str, typer.Option("--mode", callback=check_choice("pairwise|pointwise", "pairwise, pointwise"),
+                                      help="pairwise (one joint judgement) or pointwise (compare rewards).")] = "pairwise",
     swap: Annotated[bool | None, typer.Option(
         "--swap/--no-swap", help="Judge both image orders (default: on for MMRB2, whose protocol needs it).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N data rows.")] = None,
-    tie_tolerance: Annotated[float, typer.Option("--tie-tolerance", min=0.0, help="Margin within which a verdict is a tie.")] = 0.0,
+    limit: Annotated[int | None, typer.Option("--limit", callback=check_number(1), help="Only the first N data rows.")] = None,
+    tie_tolerance: Annotated[float, typer.Option("--tie-tolerance", callback=check_number(0),
+                                                  help="Margin within which a verdict is a tie (>= 0).")] = 0.0,
     config: Annotated[str | None, typer.Option("--config", help="Dataset configuration (hub or snapshot subfolder).")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Dataset split.")] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub dataset revision (pin a commit for reproducible numbers).")] = None,
     bothbad_threshold: Annotated[float, typer.Option(
-        "--bothbad-threshold", help="GenAI-Bench 4-way: a predicted tie is 'both bad' below this mean reward.")] = 0.5,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+        "--bothbad-threshold", callback=check_number(0, high=1),
+        help="GenAI-Bench 4-way: a predicted tie is 'both bad' below this mean reward (0..1).")] = 0.5,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", callback=check_number(0), help="Bootstrap resamples for the 95% intervals.")] = 1000,
     bootstrap_seed: Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the bootstrap.")] = 0,
     exclude_failed: Annotated[bool, typer.Option(
         "--exclude-failed", help="Also show accuracies without failed items (a view; the headline always counts them).")] = False,
@@ -56,8 +62,6 @@ def run(
     if not benchmark or not data or out is None:
         fail("give --benchmark NAME --data PATH --out DIR (or `eval compare RUN...`)", EXIT_INPUT)
     assert benchmark is not None and data is not None and out is not None
-    if mode not in ("pairwise", "pointwise"):
-        fail(f"--mode must be pairwise or pointwise, not {mode!r}", EXIT_INPUT)
     import asyncio
 
     from ..io import InputFileError
@@ -66,7 +70,7 @@ def run(
     try:
         ev = Evaluation(benchmark, data, out, mode=mode, swap=swap, limit=limit,  # type: ignore[arg-type]
                         tie_tolerance=tie_tolerance, config=config, split=split, revision=revision,
-                        log=lambda msg: err_console.print(msg, highlight=False))
+                        log=lambda msg: err_console.print(msg, markup=False, highlight=False))
     except InputFileError as exc:
         fail(str(exc), EXIT_INPUT)
     if backend is None:
@@ -78,7 +82,7 @@ def run(
     err_console.print(
         f"{ev.bench.name}: {len(ev.known)} pairs from {ev.n_rows} rows ({len(ev.unknown)} unknown labels), "
         f"{len(ev.known) - len(pending)} already done, {len(pending)} to judge; mode {ev.mode}, "
-        f"swap {ev.swap} -> {out}", highlight=False)
+        f"swap {ev.swap} -> {out}", markup=False, highlight=False)
     if ev.unknown:
         err_console.print(f"[yellow]warning:[/] {len(ev.unknown)} rows have labels that were not understood; "
                           "they are listed in report.json and not judged", highlight=False)
@@ -98,7 +102,7 @@ def run(
         fail(str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: finished items are saved in {out / 'results.jsonl'}; rerun the same "
-                          "command to resume", highlight=False)
+                          "command to resume", markup=False, highlight=False)
         raise typer.Exit(130) from None
     if stats.judged and stats.ok == 0:
         err_console.print("[bold red]warning:[/] every item judged in this run failed "
@@ -107,7 +111,8 @@ def run(
         emit_json(report)
     else:
         _show(report, exclude_failed)
-    err_console.print(f"wrote {out / 'report.json'}, report.md" + (", report.html" if html else ""), highlight=False)
+    err_console.print(f"wrote {out / 'report.json'}, report.md" + (", report.html" if html else ""), markup=False,
+                      highlight=False)
 
 
 def _pct(x: float | None) -> str:
@@ -119,7 +124,7 @@ def _show(report: dict[str, Any], exclude_failed: bool) -> None:
 
     ci = report.get("ci95")
     out_console.print(
-        f"[bold]{report['benchmark']}[/]: {_pct(report['accuracy'])}% ({report['protocol']})"
+        f"[bold]{escape(str(report['benchmark']))}[/]: {_pct(report['accuracy'])}% ({escape(str(report['protocol']))})"
         + (f" 95% CI [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
         + f"; n={report['n']}, failed={report['n_failed']} (counted as wrong)", highlight=False)
     table = Table("protocol", "accuracy %", "95% CI", "correct / total", "epsilon",
@@ -158,7 +163,7 @@ def compare(
     if json_out:
         emit_json(cmp)
         return
-    table = Table("metric", *[r["name"] for r in cmp["runs"]])
+    table = Table("metric", *[escape(str(r["name"])) for r in cmp["runs"]])
     for row in cmp["rows"]:
         table.add_row(row["metric"], *[_cell(row["metric"], v) for v in row["values"]])
     out_console.print(table)

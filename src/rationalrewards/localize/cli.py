@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..cli.common import (
+    DEVICE_PATTERN,
     EXIT_BACKEND,
     EXIT_INPUT,
     EXIT_OK,
     JsonOpt,
     backend_command,
+    check_choice,
+    check_number,
     emit_json,
     err_console,
     fail,
@@ -35,21 +39,23 @@ def localize_command(
     detector: Annotated[str, typer.Option("--detector", help="Grounding DINO id or folder.")] = DEFAULT_DETECTOR,
     segmenter: Annotated[str, typer.Option("--segmenter", help="SAM id or folder; 'none' for boxes only.")
                          ] = DEFAULT_SEGMENTER,
-    box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, help="Minimum box confidence.")] = 0.35,
-    text_threshold: Annotated[float, typer.Option("--text-threshold", min=0.0,
-                                                  help="Minimum confidence of the phrase's best token.")] = 0.25,
+    box_threshold: Annotated[float, typer.Option("--box-threshold", callback=check_number(0, high=1),
+                                                    help="Minimum box confidence (0..1).")] = 0.35,
+    text_threshold: Annotated[float, typer.Option("--text-threshold", callback=check_number(0, high=1),
+                                                  help="Minimum confidence of the phrase's best token (0..1).")] = 0.25,
     phrase: Annotated[list[str] | None, typer.Option("--phrase", help="Look for these phrases (repeatable) "
                                                      "instead of asking the judge.")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="The request the image was judged against "
                                                "(shown to the judge).")] = None,
     task: Annotated[str | None, typer.Option("--task", help="t2i or edit, to parse a raw-text critique.")] = None,
-    max_defects: Annotated[int, typer.Option("--max-defects", min=1)] = 5,
-    max_boxes: Annotated[int, typer.Option("--max-boxes-per-phrase", min=1)] = 3,
-    low_score: Annotated[float, typer.Option("--low-score", help="Fallback: dimensions scored below this are "
-                                             "searched.")] = 3.0,
+    max_defects: Annotated[int, typer.Option("--max-defects", callback=check_number(1))] = 5,
+    max_boxes: Annotated[int, typer.Option("--max-boxes-per-phrase", callback=check_number(1))] = 3,
+    low_score: Annotated[float, typer.Option("--low-score", callback=check_number(),
+                                             help="Fallback: dimensions scored below this are searched.")] = 3.0,
     attach: Annotated[bool, typer.Option("--attach", help="Also write OUT/critique.json with a `regions` field.")
                       ] = False,
-    detector_device: Annotated[str, typer.Option("--detector-device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    detector_device: Annotated[str, typer.Option("--detector-device", help="auto, cpu, cuda, cuda:N, mps.",
+                                                     callback=check_choice(DEVICE_PATTERN, "auto, cpu, cuda, cuda:N, mps"))] = "auto",
     backend: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -89,19 +95,21 @@ def localize_command(
     except ModelLoadError as exc:
         fail(str(exc), EXIT_BACKEND)
     if loc.judge_error:
-        err_console.print(f"[yellow]judge's defect list unusable ({loc.judge_error}); used noun phrases from the "
+        err_console.print(f"[yellow]judge's defect list unusable ({escape(str(loc.judge_error))}); used noun phrases "
+                          "from the "
                           "critique instead[/]", highlight=False)
     if json_out:
         emit_json(payload)
     else:
         phrases = ", ".join(d.phrase for d in loc.defects) or "(none)"
-        out_console.print(f"defects ({loc.defect_source}): {phrases}", highlight=False)
+        # Phrases come from the model and paths from the user: printed literally, never as markup.
+        out_console.print(f"defects ({loc.defect_source}): {phrases}", markup=False, highlight=False)
         for r in loc.regions:
             box = ", ".join(f"{v:.0f}" for v in r.box)
             out_console.print(f"  {r.phrase} [{r.dimension}] score {r.score:.2f} box [{box}]"
-                              + (f" mask {r.mask_file}" if r.mask_file else ""), highlight=False)
+                              + (f" mask {r.mask_file}" if r.mask_file else ""), markup=False, highlight=False)
         out_console.print(f"{len(loc.regions)} regions -> {out / 'regions.json'}, {out / 'overlay.png'}",
-                          highlight=False)
+                          markup=False, highlight=False)
     raise typer.Exit(EXIT_OK)
 
 
