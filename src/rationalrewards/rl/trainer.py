@@ -47,7 +47,7 @@ from typing import Any
 
 from ..critique.model import BackgroundLoop
 from ..io import InputFileError, atomic_write_json, atomic_write_text, read_jsonl
-from . import nft
+from . import nft, safe_state
 from .config import ConfigError, NFTConfig
 from .monitor import RewardHackingMonitor
 
@@ -1003,7 +1003,6 @@ class NFTTrainer:
         """Write ``checkpoints/step-NNNNNN`` atomically (adapters, EMA, optimiser, RNG, data state)
         and point ``checkpoints/latest`` at it. Every process saves its RNG state; the main
         process writes the rest."""
-        import torch
         from safetensors.torch import save_file
 
         acc = self.accelerator
@@ -1017,14 +1016,14 @@ class NFTTrainer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        safe_state.save_rng_state(tmp, self.rank)
         if acc.is_main_process:
             tensors = {f"policy/{k}": v.detach().float().contiguous().cpu() for k, v in self.policy.items()}
             tensors.update({f"old/{k}": v.detach().float().contiguous().cpu() for k, v in self.old.items()})
             if self.ema is not None:
                 tensors.update({f"ema/{k}": v.contiguous().cpu() for k, v in self.ema.items()})
             save_file(tensors, str(tmp / "adapters.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            safe_state.save_optimizer_state(self.optimizer, tmp)
             atomic_write_json(tmp / "state.json", {
                 **self.state.to_json(),
                 "monitor": self.monitor.state_dict(),
@@ -1072,9 +1071,6 @@ class NFTTrainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote; the next iteration is then identical
         to the one the original run would have taken."""
-        import torch
-        from safetensors.torch import load_file
-
         path = Path(path)
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         mismatched = {k: (v, meta.get("fingerprint", {}).get(k)) for k, v in self.cfg.fingerprint().items()
@@ -1082,7 +1078,7 @@ class NFTTrainer:
         if mismatched:
             details = ", ".join(f"{k}: checkpoint {b!r} vs config {a!r}" for k, (a, b) in mismatched.items())
             raise ConfigError(f"checkpoint {path} was made with a different configuration ({details})")
-        tensors = load_file(str(path / "adapters.safetensors"))
+        tensors = safe_state.load_tensors(path / "adapters.safetensors")
         nft.copy_into(self.policy, {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")})
         nft.copy_into(self.old, {k[len("old/"):]: v for k, v in tensors.items() if k.startswith("old/")})
         ema = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -1091,14 +1087,13 @@ class NFTTrainer:
                 nft.copy_into(self.ema, ema)
             else:
                 self.ema = nft.snapshot(self.policy)
-        # Optimizer.load_state_dict moves the state onto each parameter's device.
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        # Nothing in a run folder is unpickled: it may come from elsewhere (safe_state explains).
+        safe_state.load_optimizer_state(self.optimizer, path)
         self.state = TrainState.from_json(meta)
         self.monitor.load_state_dict(meta.get("monitor", {}))
         self.last_eval = meta.get("last_eval")
-        rng_file = path / f"rng-{self.rank}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+        if safe_state.has_rng_state(path, self.rank):
+            safe_state.load_rng_state(path, self.rank)
 
     # -- export ---------------------------------------------------------------------------------
     def export_lora(self, out: str | Path, *, weights: str = "policy") -> Path:
@@ -1245,31 +1240,3 @@ def _progress_line(m: dict[str, Any]) -> str:
     return (f"step {m['step']}: loss {m['loss']:.4f} reward {m['reward_mean']:.4f} (valid {m['n_valid']}/"
             f"{m['n_samples']}) retired {m['retired_total']} | sample {m['time/sample_s']:.2f}s "
             f"wait {m['time/reward_wait_s']:.2f}s train {m['time/train_s']:.2f}s")
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover - numpy comes with torch
-        pass
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
