@@ -13,8 +13,8 @@ from PIL import Image
 
 from rationalrewards import RewardModel
 from rationalrewards.backends.openai_http import OpenAIBackend
-from rationalrewards.rl.scripted import pixel_judge
 from rationalrewards.serve import ServerMetrics, create_app
+from rationalrewards.testing.judges import pixel_judge
 from rationalrewards.testing.scripted_server import RecordedRequest, ScriptedServer
 
 TOKEN = "s3cret"
@@ -160,19 +160,21 @@ async def test_malformed_json_is_400(rm):
     [
         ("%%%not-base64%%%", "not valid base64"),
         ("data:image/png;base64,@@@@", "not valid base64"),
+        ("data:image/png,rawbytes", "data URL is not base64-encoded"),
         (base64.b64encode(b"plain text, not an image").decode(), "not a recognised image"),
         ("https://example.com/cat.png", "URLs are not fetched"),
     ],
 )
-async def test_bad_images_are_400_naming_the_field(rm, judge_server, image, message):
-    items = [{"prompt": "p", "image": png_b64(0.5)}, {"prompt": "p", "image": image}]
+async def test_a_bad_image_fails_its_item_only_naming_the_field(rm, judge_server, image, message):
+    items = [{"id": "good", "prompt": "p", "image": png_b64(0.5)}, {"id": "bad", "prompt": "p", "image": image}]
     async with client_for(create_app(rm)) as client:
         r = await client.post("/v1/reward", json={"items": items})
-    assert r.status_code == 400
-    body = r.json()
-    assert body["kind"] == "bad_image" and message in body["error"] and "items[1].image" in body["error"]
-    assert body["details"][0]["loc"] == ["items", "1", "image"]
-    assert judge_server.chat_request_count == 0
+    assert r.status_code == 200, r.text
+    good, bad = r.json()["results"]
+    assert good["ok"] and good["id"] == "good"
+    assert (bad["ok"], bad["error_kind"], bad["id"], bad["reward"]) == (False, "input", "bad", None)
+    assert message in bad["error"] and "items[1].image" in bad["error"]
+    assert judge_server.chat_request_count == 1
 
 
 async def test_server_side_paths_are_never_opened(rm, tmp_path, judge_server, monkeypatch):
@@ -184,7 +186,8 @@ async def test_server_side_paths_are_never_opened(rm, tmp_path, judge_server, mo
     async with client_for(create_app(rm)) as client:
         r = await client.post("/v1/reward", json={"items": [{"prompt": "p", "image": str(secret)},
                                                             {"prompt": "p", "image": "/etc/hostname"}]})
-    assert r.status_code == 400
+    assert r.status_code == 200
+    assert [(x["ok"], x["error_kind"]) for x in r.json()["results"]] == [(False, "input"), (False, "input")]
     assert not any("secret" in o or "hostname" in o for o in opened)
     assert judge_server.chat_request_count == 0
 
@@ -233,5 +236,5 @@ async def test_openapi_schema_documents_the_api(rm):
     assert body_ref == "#/components/schemas/RewardRequest"
     components = schema["components"]["schemas"]
     assert {"RewardRequest", "RewardItem", "CompareRequest", "CritiqueResult", "ErrorResponse"} <= set(components)
-    assert {"401", "413", "400", "422"} <= set(paths["/v1/reward"]["post"]["responses"])
+    assert {"400", "401", "413", "415", "422", "429"} <= set(paths["/v1/reward"]["post"]["responses"])
     assert "HTTPBearer" in json.dumps(schema["components"].get("securitySchemes", {}))

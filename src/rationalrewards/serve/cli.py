@@ -24,7 +24,21 @@ def serve(
         help="Bearer token required on /v1/* and /metrics (/healthz stays open).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Larger bodies get 413.")] = 64.0,
     max_images_per_request: Annotated[int, typer.Option(
-        "--max-images-per-request", min=1, help="Requests with more images (sources included) get 413.")] = 64,
+        "--max-images-per-request", min=1, max=4096,
+        help="Requests with more images (sources included) or items get 413.")] = 64,
+    max_image_megapixels: Annotated[float, typer.Option(
+        "--max-image-megapixels", min=0.01, max=64.0,
+        help="One image whose header declares more megapixels gets 413 (nothing is decoded).")] = 16.0,
+    max_request_megapixels: Annotated[float, typer.Option(
+        "--max-request-megapixels", min=0.01, max=4096.0,
+        help="A request whose images declare more megapixels in total gets 413.")] = 64.0,
+    max_decoding_megapixels: Annotated[float, typer.Option(
+        "--max-decoding-megapixels", min=0.01, max=65536.0,
+        help="Megapixels all requests together may be decoding at once; over it, a request waits "
+             "--decode-wait seconds, then gets 429 with Retry-After.")] = 256.0,
+    decode_wait: Annotated[float, typer.Option(
+        "--decode-wait", min=0.0, max=300.0,
+        help="Seconds a request may wait for the decode budget before 429.")] = 10.0,
     scores_only: Annotated[bool, typer.Option(
         "--scores-only/--full-critique",
         help="Default for requests that do not say: stop the judge before the refinement tail.")] = False,
@@ -38,16 +52,29 @@ def serve(
         fail(f"refusing to listen on {host} without a token: set --token (or $RATIONALREWARDS_TOKEN), "
              "or keep the default --host 127.0.0.1", EXIT_INPUT)
     try:
-        from .app import create_app
+        from .app import ServeLimits, create_app
         from .server import serve_forever
     except ModuleNotFoundError as exc:
         fail(f"the reward server needs FastAPI and uvicorn ({exc.name} is missing): "
              "pip install 'rationalrewards[serve]'", EXIT_INPUT)
     assert backend is not None
+    limits = {"max_body_bytes": int(max_body_mb * 1024 * 1024), "max_images_per_request": max_images_per_request,
+              "max_image_pixels": round(max_image_megapixels * 1e6),
+              "max_request_pixels": round(max_request_megapixels * 1e6),
+              "max_decoding_pixels": round(max_decoding_megapixels * 1e6), "decode_wait_s": decode_wait}
+    try:
+        ServeLimits(**limits)  # cross-checks (a request must fit the server-wide budget, ...) before loading a model
+    except ValueError as exc:
+        flags = {"max_image_pixels": "--max-image-megapixels", "max_request_pixels": "--max-request-megapixels",
+                 "max_decoding_pixels": "--max-decoding-megapixels", "decode_wait_s": "--decode-wait"}
+        message = str(exc)
+        for name, flag in flags.items():
+            message = message.replace(name, flag)
+        fail(f"{message} (the pixel options are in megapixels on the command line)", EXIT_INPUT)
+    # --concurrency travels in `backend` to the judge's backend: the bound on critiques in
+    # flight at the judge over all requests.
     rm = make_reward_model(backend)
-    app = create_app(rm, token=token or None, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                     max_images_per_request=max_images_per_request, scores_only=scores_only,
-                     close_on_shutdown=True)
+    app = create_app(rm, token=token or None, scores_only=scores_only, close_on_shutdown=True, **limits)
     auth = "bearer token required" if token else "no token (loopback only)"
     err_console.print(f"reward server on http://{host}:{port}  ({auth}; backend {rm.describe().get('backend')}, "
                       f"model {rm.describe().get('model')})")

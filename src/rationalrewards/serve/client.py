@@ -7,10 +7,13 @@
 
 Images are encoded on the client (downscaled to the judge's pixel cap first, so the wire
 carries no more than the judge reads). A large batch is split into requests that fit the
-server's limits (learned from ``/healthz``) and sent concurrently. Transient failures
-(connection errors, timeouts, 429, 5xx) are retried with backoff; what still fails comes back
-as results with ``ok=False`` and a reason, never as a low score. A wrong token raises
-:class:`RemoteRewardError`: that is a configuration problem, not a per-sample failure.
+server's limits (learned from ``/healthz``: bytes, images and pixels per request) and sent
+concurrently. Transient failures (connection errors, timeouts, 429, 5xx) are retried with
+backoff; what still fails comes back as results with ``ok=False`` and a reason, never as a low
+score. A request the server refuses as too big is split and sent again; an item the server (or
+this client) finds unusable fails alone with ``error_kind="input"`` while the others are judged.
+A wrong token raises :class:`RemoteRewardError`: that is a configuration problem, not a
+per-sample failure.
 """
 
 from __future__ import annotations
@@ -28,14 +31,20 @@ import httpx
 from ..critique.aggregate import Aggregation, get_aggregation
 from ..critique.schema import CritiqueResult, failed_critique
 from ..images import DEFAULT_MAX_PIXELS, ImageInputError, PreparedImage, load_image
+from .schemas import text_problem
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 TOKEN_ENV = "RATIONALREWARDS_TOKEN"
 # Used when /healthz cannot be read (an older server, or a proxy in front): the server defaults.
-FALLBACK_LIMITS = {"max_body_bytes": 64 * 1024 * 1024, "max_images_per_request": 64}
+FALLBACK_LIMITS = {"max_body_bytes": 64 * 1024 * 1024, "max_images_per_request": 64,
+                   "max_image_pixels": 16_000_000, "max_request_pixels": 64_000_000}
 _JSON_OVERHEAD = 256  # bytes of JSON around one item's strings
+# Refusals that depend on how many items shared the request: a smaller request may pass.
+_SPLITTABLE = {"too_large", "too_many_items", "too_many_images", "too_many_pixels"}
 
 Item = tuple[str, Any, Any, "str | None"]
+# (index in the caller's batch, JSON item, images, encoded bytes, pixels)
+_Wire = tuple[int, dict[str, Any], int, int, int]
 
 
 class RemoteRewardError(RuntimeError):
@@ -143,70 +152,113 @@ class RemoteReward:
             self._limits = {k: int(limits.get(k) or v) for k, v in FALLBACK_LIMITS.items()}
         return self._limits
 
-    def _encode(self, image: Any, name: str) -> str:
+    def _encode(self, image: Any, name: str) -> tuple[str, int]:
+        """(data URL, pixels) of one image, downscaled to the judge's cap."""
         prepared = image if isinstance(image, PreparedImage) else None
         if prepared is None or (self.max_pixels and prepared.size[0] * prepared.size[1] > self.max_pixels):
             prepared = load_image(image, max_pixels=self.max_pixels, allow_base64=True, name=name)
-        return prepared.data_url()
+        return prepared.data_url(), prepared.size[0] * prepared.size[1]
 
     # -- critiques ----------------------------------------------------------------------------
     async def acritique_items(self, items: Sequence[Item], *, scores_only: bool = True) -> list[CritiqueResult]:
         """Critique ``(prompt, image, source_or_None, id)`` items; results in input order."""
         n = len(items)
         results: list[CritiqueResult | None] = [None] * n
-        wire: list[tuple[int, dict[str, Any], int, int]] = []  # (index, json item, n images, bytes)
+        wire: list[_Wire] = []
 
         def encode_all() -> None:
             for i, (prompt, image, source, id_) in enumerate(items):
                 task = "edit" if _as_list(source) else "t2i"
+                # Text the server could not read fails here, alone, instead of sinking its request.
+                problem = (f"prompt must be text, got {type(prompt).__name__}" if not isinstance(prompt, str)
+                           else text_problem(prompt, "prompt"))
+                if problem is None and id_ is not None and not isinstance(id_, str):
+                    problem = f"id must be text or None, got {type(id_).__name__}"
+                if problem:
+                    results[i] = failed_critique(task, "input", problem, id=id_ if isinstance(id_, str) else None)  # type: ignore[arg-type]
+                    continue
                 try:
                     srcs = [self._encode(s, f"source[{k}]") for k, s in enumerate(_as_list(source))]
-                    obj: dict[str, Any] = {"id": id_, "prompt": prompt, "image": self._encode(image, "image"),
-                                           "source": srcs or None}
+                    image_url, pixels = self._encode(image, "image")
                 except ImageInputError as exc:
                     results[i] = failed_critique(task, "input", str(exc), id=id_)  # type: ignore[arg-type]
                     continue
-                size = sum(len(s) for s in srcs) + len(obj["image"]) + len(prompt.encode()) + _JSON_OVERHEAD
-                wire.append((i, obj, 1 + len(srcs), size))
+                obj: dict[str, Any] = {"id": id_, "prompt": prompt, "image": image_url,
+                                       "source": [url for url, _ in srcs] or None}
+                # json.dumps: the size as sent (non-ASCII text is escaped on the wire).
+                size = (sum(len(url) for url, _ in srcs) + len(image_url) + len(json.dumps(prompt))
+                        + len(json.dumps(id_)) + _JSON_OVERHEAD)
+                wire.append((i, obj, 1 + len(srcs), size, pixels + sum(p for _, p in srcs)))
 
         await asyncio.to_thread(encode_all)
         limits = await self._server_limits()
         max_images = self.max_images_per_request or limits["max_images_per_request"]
         max_body = int((self.max_body_bytes or limits["max_body_bytes"]) * 0.95)
-        chunks: list[list[tuple[int, dict[str, Any], int, int]]] = []
-        current: list[tuple[int, dict[str, Any], int, int]] = []
-        images = size = 0
+        max_pixels = limits["max_request_pixels"]
+        chunks: list[list[_Wire]] = []
+        current: list[_Wire] = []
+        images = size = pixels = 0
         for entry in wire:
-            i, obj, k, s = entry
-            if k > max_images or s > max_body:
+            i, obj, k, s, p = entry
+            if k > max_images or s > max_body or p > max_pixels:
                 task = "edit" if obj["source"] else "t2i"
                 results[i] = failed_critique(
-                    task, "input", f"item alone ({k} images, ~{s} bytes) exceeds the server's limits "
-                                   f"({max_images} images, {max_body} bytes per request)", id=obj["id"])  # type: ignore[arg-type]
+                    task, "input", f"item alone ({k} images, ~{s} bytes, {p} pixels) exceeds the server's limits "
+                                   f"({max_images} images, {max_body} bytes, {max_pixels} pixels per request)",
+                    id=obj["id"])  # type: ignore[arg-type]
                 continue
-            if current and (images + k > max_images or size + s > max_body):
+            if current and (images + k > max_images or size + s > max_body or pixels + p > max_pixels):
                 chunks.append(current)
-                current, images, size = [], 0, 0
+                current, images, size, pixels = [], 0, 0, 0
             current.append(entry)
             images += k
             size += s
+            pixels += p
         if current:
             chunks.append(current)
 
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def send(chunk: list[tuple[int, dict[str, Any], int, int]]) -> None:
+        async def send(chunk: list[_Wire]) -> None:
             async with sem:
-                outs = await self._post_reward([obj for _, obj, _, _ in chunk], scores_only)
-            for (i, _, _, _), res in zip(chunk, outs, strict=True):
+                outs = await self._post_reward([obj for _, obj, *_ in chunk], scores_only)
+            for (i, *_), res in zip(chunk, outs, strict=True):
                 results[i] = res
 
         await asyncio.gather(*(send(c) for c in chunks))
         return results  # type: ignore[return-value]
 
     async def _post_reward(self, objs: list[dict[str, Any]], scores_only: bool) -> list[CritiqueResult]:
+        """Results for ``objs``, however the server answers: a refusal that names one item fails
+        that item and sends the others again; one that depends on the request's size splits it."""
+        outs = await self._post_once(objs, scores_only)
+        if isinstance(outs, list):
+            return outs
+        status, kind, message, details = outs
+        named = sorted({d["item"] for d in details if isinstance(d, dict) and isinstance(d.get("item"), int)
+                        and 0 <= d["item"] < len(objs)})
+        if kind == "image_too_large" and named:
+            results: list[CritiqueResult | None] = [None] * len(objs)
+            for j in named:
+                results[j] = _failed(objs[j], "input", f"reward server refused the image (HTTP {status}): {message}")
+            rest = [j for j in range(len(objs)) if results[j] is None]
+            if rest:
+                for j, res in zip(rest, await self._post_reward([objs[j] for j in rest], scores_only), strict=True):
+                    results[j] = res
+            return results  # type: ignore[return-value]
+        if kind in _SPLITTABLE and len(objs) > 1:
+            half = len(objs) // 2
+            first, second = await asyncio.gather(self._post_reward(objs[:half], scores_only),
+                                                 self._post_reward(objs[half:], scores_only))
+            return [*first, *second]
+        return [_failed(o, "input", f"reward server rejected the request (HTTP {status}): {message}") for o in objs]
+
+    async def _post_once(self, objs: list[dict[str, Any]], scores_only: bool
+                         ) -> list[CritiqueResult] | tuple[int, str, str, list[Any]]:
+        """One request with retries: the results, or a refusal ``(status, kind, message, details)``
+        that asking again would not change (400, 413, 415, 422)."""
         def fail_all(kind: str, message: str) -> list[CritiqueResult]:
-            return [failed_critique("edit" if o["source"] else "t2i", kind, message, id=o["id"]) for o in objs]  # type: ignore[arg-type]
+            return [_failed(o, kind, message) for o in objs]
 
         body = json.dumps({"items": objs, "scores_only": scores_only}).encode()
         client = self._client()
@@ -235,8 +287,9 @@ class RemoteReward:
                 last = f"HTTP {r.status_code}: {message}"
                 retry_after = _retry_after(r)
                 continue
-            # 400 / 413 / 422: the request itself is wrong; asking again will not help.
-            return fail_all("input", f"reward server rejected the request (HTTP {r.status_code}): {message}")
+            # 400 / 413 / 415 / 422: the request itself is wrong; asking it again will not help.
+            kind, details = _error_kind_and_details(r)
+            return r.status_code, kind, message, details
         return fail_all("backend", f"reward server {self.url} failed after {self.max_retries + 1} attempt(s): {last}")
 
     def _parse_results(self, r: httpx.Response, objs: list[dict[str, Any]], fail_all: Any) -> list[CritiqueResult]:
@@ -288,6 +341,22 @@ class RemoteReward:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "remote", "model": self.url, "aggregation": self.aggregation.name}
+
+
+def _failed(obj: dict[str, Any], kind: str, message: str) -> CritiqueResult:
+    return failed_critique("edit" if obj["source"] else "t2i", kind, message, id=obj["id"])  # type: ignore[arg-type]
+
+
+def _error_kind_and_details(r: httpx.Response) -> tuple[str, list[Any]]:
+    try:
+        payload = r.json()
+    except ValueError:
+        return "", []
+    if not isinstance(payload, dict):
+        return "", []
+    kind = payload.get("kind")
+    details = payload.get("details")
+    return (kind if isinstance(kind, str) else ""), (details if isinstance(details, list) else [])
 
 
 def _error_message(r: httpx.Response) -> str:

@@ -56,12 +56,16 @@ class ServerMetrics:
 
     * ``http_requests_total{endpoint,status}``: every answered request, by HTTP status;
     * ``request_failures_total{endpoint,kind}``: rejected requests (``auth``, ``too_large``,
-      ``too_many_images``, ``bad_json``, ``bad_image``, ``invalid``, ``server_error``);
+      ``too_many_items``, ``too_many_images``, ``image_too_large``, ``too_many_pixels``, ``busy``,
+      ``bad_json``, ``unsupported_media_type``, ``invalid``, ``server_error``);
     * ``items_total{endpoint}`` and ``item_failures_total{endpoint,kind}`` (``input``, ``parse``,
       ``backend``): judged items and the ones whose critique failed;
     * ``request_latency_seconds{endpoint}``: histogram of request wall time;
     * ``judge_latency_seconds``: histogram of the backend's per-item latency;
     * ``completion_tokens_total``: decode tokens the judge reported;
+    * ``images_decoded_total`` / ``decoded_pixels_total``: images the server read (pixels as
+      declared by their headers), so a test or an operator can see what decoding cost;
+    * ``decoding_pixels``: gauge of the server-wide decode budget in use;
     * ``in_flight_requests`` / ``in_flight_items``: gauges;
     * ``uptime_seconds``.
     """
@@ -78,6 +82,9 @@ class ServerMetrics:
         self.completion_tokens = 0
         self.in_flight_requests = 0
         self.in_flight_items = 0
+        self.images_decoded = 0
+        self.decoded_pixels = 0
+        self.decoding_pixels = 0
 
     # -- recording ----------------------------------------------------------------------------
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
@@ -102,6 +109,17 @@ class ServerMetrics:
             if latency_s:
                 self.judge_latency.observe(latency_s)
             self.completion_tokens += completion_tokens
+
+    def image_decoded(self, pixels: int) -> None:
+        """Called from decode threads, hence the lock."""
+        with self._lock:
+            self.images_decoded += 1
+            self.decoded_pixels += pixels
+
+    def request_failure_count(self, kind: str) -> int:
+        """Rejected requests of one kind over all endpoints: handy in tests."""
+        with self._lock:
+            return sum(v for k, v in self.request_failures.items() if dict(k).get("kind") == kind)
 
     def count_failures(self, kind: str | None = None) -> int:
         """Item failures (optionally of one kind) over all endpoints: handy in tests."""
@@ -146,6 +164,14 @@ class ServerMetrics:
             lines.append(f"# HELP {p}_completion_tokens_total Decode tokens reported by the judge.")
             lines.append(f"# TYPE {p}_completion_tokens_total counter")
             lines.append(f"{p}_completion_tokens_total {self.completion_tokens}")
+            for name, help_, value in (
+                ("images_decoded_total", "Images read by the server.", self.images_decoded),
+                ("decoded_pixels_total", "Pixels of the images read (as their headers declare).", self.decoded_pixels),
+            ):
+                lines.append(f"# HELP {p}_{name} {help_}")
+                lines.append(f"# TYPE {p}_{name} counter")
+                lines.append(f"{p}_{name} {value}")
+            gauge("decoding_pixels", "Pixels of the server-wide decode budget in use.", self.decoding_pixels)
             gauge("in_flight_requests", "Requests being judged now.", self.in_flight_requests)
             gauge("in_flight_items", "Items being judged now.", self.in_flight_items)
             gauge("uptime_seconds", "Seconds since the server started.", round(time.monotonic() - self.started, 3))

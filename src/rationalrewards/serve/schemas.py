@@ -79,8 +79,13 @@ class ErrorResponse(BaseModel):
     """Every 4xx/5xx answer."""
 
     error: str = Field(description="What was wrong, naming the field or limit.")
-    kind: str = Field(description="auth | too_large | too_many_images | bad_json | bad_image | invalid | server_error")
-    details: list[dict[str, Any]] = Field(default_factory=list, description="Per-field problems (loc, msg).")
+    kind: str = Field(description="auth | too_large | too_many_items | too_many_images | image_too_large | "
+                                  "too_many_pixels | busy | bad_json | unsupported_media_type | invalid | "
+                                  "server_error")
+    details: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Per-field problems: loc (path in the body), msg, and for limits the item index, "
+                    "the limit's name and value.")
 
 
 class HealthResponse(BaseModel):
@@ -89,3 +94,24 @@ class HealthResponse(BaseModel):
     model: dict[str, Any]
     limits: dict[str, Any]
     in_flight_requests: int
+
+
+def text_problem(value: str, field: str) -> str | None:
+    """Why ``value`` cannot be sent to a judge as text, or None when it can.
+
+    Empty text is refused too. JSON lets a client send an unpaired surrogate (``"\\ud800"``) or a NUL character; neither can
+    be encoded as UTF-8 for the judge (or is a sign of binary garbage), so the item fails with
+    this reason. The message names the field and position but never repeats the text itself.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        return (f"{field}: contains an unpaired surrogate (U+{code:04X}) at character {exc.start}; "
+                "send valid Unicode text")
+    if not value.strip():
+        return f"{field}: is empty; send the generation prompt or the edit instruction"
+    nul = value.find("\x00")
+    if nul >= 0:
+        return f"{field}: contains a NUL character at character {nul}; send text, not binary data"
+    return None
