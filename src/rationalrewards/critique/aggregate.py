@@ -10,14 +10,33 @@ The rules follow the release where it is sound and fix it where it is not:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .dimensions import SCORE_MAX, SCORE_MIN, keys_for
+from .dimensions import DIMENSION_KEYS, SCORE_MAX, SCORE_MIN, keys_for
 
 NAPolicy = Literal["skip", "release"]
 RELEASE_NA_VALUE = 2.5
+
+
+def _check_weights(weights: Mapping[str, float]) -> None:
+    unknown = [k for k in weights if k not in DIMENSION_KEYS]
+    if unknown:
+        raise ValueError(f"unknown dimension(s) in weights: {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(DIMENSION_KEYS)}")
+    for key, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"weight of {key} must be a number, not {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight of {key} must be finite, not {weight}")
+        if weight < 0:
+            raise ValueError(f"weight of {key} must be >= 0, not {weight:g}")
+    if weights and not any(float(w) > 0 for w in weights.values()):
+        raise ValueError("every weight is 0; nothing would be scored")
+    if not weights:
+        raise ValueError("no weights given; nothing would be scored")
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,10 @@ class Aggregation:
 
     ``weights`` maps dimension key -> weight; a dimension absent from ``weights`` (or with weight
     0) does not count. ``None`` means every dimension of the task with weight 1.
+
+    Construction checks the settings (ValueError naming the problem): weights are finite numbers
+    >= 0 on known dimensions, not all zero; the tie tolerance is finite and >= 0. A NaN weight
+    would otherwise make every reward NaN, and an infinite one every reward NaN or 0/1.
     """
 
     name: str = "default"
@@ -33,6 +56,15 @@ class Aggregation:
     na_policy: NAPolicy = "skip"
     tie_tolerance: float = 0.0
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.na_policy not in ("skip", "release"):
+            raise ValueError(f"na_policy must be 'skip' or 'release', not {self.na_policy!r}")
+        tol = self.tie_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tie_tolerance must be a finite number >= 0, not {tol!r}")
+        if self.weights is not None:
+            _check_weights(self.weights)
 
     def weights_for(self, task: str) -> dict[str, float]:
         keys = keys_for(task)
@@ -70,24 +102,53 @@ PRESETS: dict[str, Aggregation] = {
 }
 
 
-def get_aggregation(spec: str | Aggregation | None) -> Aggregation:
-    """A preset by name, ``key=weight,...`` custom weights, or an ``Aggregation`` as is."""
+def parse_aggregation(spec: str | Aggregation | None) -> Aggregation:
+    """The aggregation a setting names, checked: ValueError (naming the problem) otherwise.
+
+    ``spec`` is a preset name (``default``, ``release-edit-rl``, ``release-pairwise``), custom
+    weights ``key=weight,...`` (e.g. ``text_faithfulness=2,physical_quality=1``; dimensions left
+    out do not count), an :class:`Aggregation` (returned as is), or None for the default.
+    Refused: an unknown preset or dimension, a repeated key, a weight that is not a number, NaN,
+    infinite or negative, and weights that are all zero. The CLI calls this while parsing
+    ``--aggregation``, so a bad spec is a usage error before any model is loaded.
+    """
     if spec is None:
         return PRESETS["default"]
     if isinstance(spec, Aggregation):
         return spec
-    if spec in PRESETS:
-        return PRESETS[spec]
-    if "=" in spec:
-        weights: dict[str, float] = {}
-        for part in spec.split(","):
-            key, _, value = part.partition("=")
-            try:
-                weights[key.strip()] = float(value)
-            except ValueError:
-                raise ValueError(f"bad weight {part!r} in {spec!r}; expected key=number") from None
+    if not isinstance(spec, str):
+        raise ValueError(f"aggregation must be a preset name or key=weight,..., not {type(spec).__name__}")
+    text = spec.strip()
+    if text in PRESETS:
+        return PRESETS[text]
+    if "=" not in text:
+        raise ValueError(f"unknown aggregation preset {spec!r}; known: {', '.join(PRESETS)}, "
+                         f"or custom weights key=weight,... over {', '.join(DIMENSION_KEYS)}")
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue  # a trailing comma
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not key:
+            raise ValueError(f"bad weight {part.strip()!r} in {spec!r}; expected key=number")
+        if key in weights:
+            raise ValueError(f"dimension {key!r} is weighted twice in {spec!r}")
+        try:
+            weights[key] = float(value)
+        except ValueError:
+            raise ValueError(f"bad weight {part.strip()!r} in {spec!r}; expected key=number") from None
+    try:
         return Aggregation(name="custom", weights=weights)
-    raise ValueError(f"unknown aggregation preset {spec!r}; known: {', '.join(PRESETS)}")
+    except ValueError as exc:
+        raise ValueError(f"aggregation {spec!r}: {exc}") from None
+
+
+def get_aggregation(spec: str | Aggregation | None) -> Aggregation:
+    """A preset by name, ``key=weight,...`` custom weights, or an ``Aggregation`` as is.
+
+    Same as :func:`parse_aggregation` (bad specs raise ValueError naming the problem).
+    """
+    return parse_aggregation(spec)
 
 
 def clamp_score(value: float) -> float:

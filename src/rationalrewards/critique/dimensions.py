@@ -6,6 +6,7 @@ write exactly these headers, and every parser keys on them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,8 @@ class Dimension:
     # Headers seen in the wild for the same dimension. "Physical Quality" is listed because one
     # copy of the release's parser searched for it; accepting it costs nothing.
     aliases: tuple[str, ...] = ()
-    # Whether the model may legitimately answer N/A (no text requested => nothing to render).
+    # Whether the model may legitimately answer N/A under the default policy (no text requested
+    # => nothing to render). The policy in force is the ``allow_na`` setting; see below.
     allows_na: bool = False
 
 
@@ -66,3 +68,43 @@ def keys_for(task: str) -> tuple[str, ...]:
 def check_task(task: str) -> Task:
     dimensions_for(task)
     return task  # type: ignore[return-value]
+
+
+# The dimensions that may be N/A unless ``allow_na`` says otherwise: only text rendering, the one
+# dimension the released prompts tell the model to mark N/A. A judge that answers N/A on faithfulness
+# or quality has not judged the image, and averaging the remaining dimensions would hide that.
+DEFAULT_ALLOW_NA: frozenset[str] = frozenset(d.key for d in ALL_DIMENSIONS if d.allows_na)
+
+AllowNA = str | Iterable[str] | None
+
+
+def resolve_allow_na(value: AllowNA) -> frozenset[str]:
+    """The set of dimension keys that may be N/A, from the ``allow_na`` setting.
+
+    ``None`` is the default (``{"text_rendering"}``); ``"all"`` lets every dimension be N/A (the
+    release's lenient reading); ``"none"`` or an empty collection allows none. A string is a
+    comma-separated list of keys (the CLI's ``--allow-na``), anything else a collection of keys.
+    Unknown keys raise ``ValueError`` naming them.
+    """
+    if value is None:
+        return DEFAULT_ALLOW_NA
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        lowered = [p.lower() for p in parts]
+        if lowered == ["all"]:
+            return frozenset(DIMENSION_KEYS)
+        if lowered in ([], ["none"]):
+            return frozenset()
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            raise ValueError(f"allow_na must be 'all', a comma-separated string or a collection of "
+                             f"dimension keys, not {type(value).__name__}") from None
+        if parts == ["all"]:
+            return frozenset(DIMENSION_KEYS)
+    bad = [p for p in parts if not isinstance(p, str) or p not in BY_KEY]
+    if bad:
+        raise ValueError(f"allow_na names unknown dimension(s) {', '.join(map(repr, bad))}; known: "
+                         f"{', '.join(DIMENSION_KEYS)}, or 'all' / 'none'")
+    return frozenset(parts)

@@ -13,6 +13,7 @@ they are never raised, so batch jobs keep going.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -30,13 +31,29 @@ from .aggregate import (
     get_aggregation,
     reward_from_scores,
 )
-from .dimensions import keys_for
+from .dimensions import AllowNA, keys_for, resolve_allow_na
 from .parser import parse_comparison, parse_critique
-from .prompts import Mode, PromptInputError, TemplateSet, build_messages, resolve_templates
+from .prompts import (
+    Mode,
+    PromptInputError,
+    TemplateSet,
+    build_messages,
+    check_request_text,
+    resolve_templates,
+)
 from .schema import CompareResult, CritiqueResult, Usage, failed_compare, failed_critique
 
 T = TypeVar("T")
 REFINEMENT_MARKER = "# User Request Refinement"
+
+# Problems with one item's inputs (unreadable image, bad prompt text, a path the OS cannot encode)
+# become an ok=False result with error_kind "input"; they must never abort a batch.
+_INPUT_ERRORS = (ImageInputError, PromptInputError, ValueError, TypeError, OSError)
+
+# Options of ``from_options`` that configure the RewardModel itself, and those that build its
+# default SamplingParams; everything else must be a parameter of ``backend_from_options``.
+_MODEL_OPTIONS = ("templates", "aggregation", "allow_na")
+_SAMPLING_OPTIONS = ("temperature", "max_tokens", "top_p", "seed", "stop")
 
 
 @dataclass
@@ -106,7 +123,11 @@ class RewardModel:
             ``key=weight,...``, or an :class:`Aggregation`.
         sampling: :class:`SamplingParams` (default temperature 0.1, max_tokens 4096).
         max_pixels: images are downscaled to this many pixels (default: the training cap).
-        concurrency: jobs in flight in the batch methods.
+        concurrency: jobs in flight in the batch methods (the backend has its own limit on
+            requests in flight; :meth:`from_options` sets both).
+        allow_na: dimension keys the judge may answer N/A for (default ``{"text_rendering"}``);
+            ``"all"`` accepts N/A everywhere (the release's lenient reading), ``"none"`` nowhere.
+            N/A on any other dimension makes the item a parse failure naming the dimension.
     """
 
     def __init__(
@@ -118,10 +139,14 @@ class RewardModel:
         sampling: SamplingParams | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         concurrency: int = 32,
+        allow_na: AllowNA = None,
     ):
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
         self.backend = backend
         self.templates = resolve_templates(templates)
         self.aggregation = get_aggregation(aggregation)
+        self.allow_na = resolve_allow_na(allow_na)
         self.sampling = sampling or SamplingParams()
         self.max_pixels = max_pixels
         self.concurrency = concurrency
@@ -139,7 +164,13 @@ class RewardModel:
         backend_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> RewardModel:
-        """A model behind one or several OpenAI-compatible servers (vLLM, SGLang, ...)."""
+        """A model behind one or several OpenAI-compatible servers (vLLM, SGLang, ...).
+
+        ``backend_kwargs`` go to :class:`~rationalrewards.backends.openai_http.OpenAIBackend`
+        (``concurrency``, ``timeout``, ``max_retries``, ...); the other keywords (``templates``,
+        ``aggregation``, ``allow_na``, ``sampling``, ``max_pixels``, ``concurrency``) to
+        :class:`RewardModel`. Use :meth:`from_options` to set one ``concurrency`` for both.
+        """
         from ..backends.openai_http import OpenAIBackend
 
         backend: Backend = OpenAIBackend(list(base_url) if not isinstance(base_url, str) else base_url,
@@ -162,7 +193,11 @@ class RewardModel:
         cache: str | Path | None = None,
         **kwargs: Any,
     ) -> RewardModel:
-        """A checkpoint loaded in this process with transformers (folder or hub id)."""
+        """A checkpoint loaded in this process with transformers (folder or hub id).
+
+        The other keywords (``templates``, ``aggregation``, ``allow_na``, ``sampling``,
+        ``max_pixels``, ``concurrency``) go to :class:`RewardModel`.
+        """
         from ..backends.transformers_local import TransformersBackend
 
         backend: Backend = TransformersBackend(
@@ -177,12 +212,40 @@ class RewardModel:
 
     @classmethod
     def from_options(cls, **options: Any) -> RewardModel:
-        """Build from the CLI's backend options (see ``backend_from_options``)."""
-        model_kwargs = {k: options.pop(k) for k in ("templates", "aggregation", "sampling", "concurrency")
-                        if k in options}
-        max_pixels = options.get("max_pixels")
-        backend = backend_from_options(**options)
-        return cls(backend, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, **model_kwargs)
+        """Build from the CLI's backend options; every option reaches the code it names.
+
+        * ``concurrency`` limits both the batch methods and the backend's requests in flight;
+        * ``max_pixels`` sizes the images this model sends (and the in-process processor's cap);
+        * ``templates``, ``aggregation``, ``allow_na`` configure the model;
+        * ``sampling`` (a :class:`SamplingParams`) and/or ``temperature``, ``max_tokens``,
+          ``top_p``, ``seed``, ``stop`` (which override the fields of ``sampling``);
+        * everything else (``base_url``, ``model``, ``api_key``, ``cache``, ``timeout``,
+          ``max_retries``, ``device``, ``dtype``, ``batch_size``, ``adapter``) goes to
+          :func:`~rationalrewards.backends.backend_from_options`.
+
+        An option that nothing takes raises ``ValueError`` naming it (a silently dropped setting
+        is worse than an error). ``None`` means "the default" for every option.
+        """
+        opts = {k: v for k, v in options.items() if v is not None}
+        sampling = opts.pop("sampling", None) or SamplingParams()
+        if not isinstance(sampling, SamplingParams):
+            raise ValueError(f"sampling must be a SamplingParams, not {type(sampling).__name__}")
+        overrides = {k: opts.pop(k) for k in _SAMPLING_OPTIONS if k in opts}
+        if overrides:
+            sampling = sampling.replace(**overrides)
+        model_kwargs: dict[str, Any] = {k: opts.pop(k) for k in _MODEL_OPTIONS if k in opts}
+        if "concurrency" in opts:
+            model_kwargs["concurrency"] = opts["concurrency"]  # also stays in opts: the backend's limit
+        max_pixels = opts.get("max_pixels") or DEFAULT_MAX_PIXELS
+        accepted = inspect.signature(backend_from_options).parameters
+        unknown = sorted(k for k in opts if k not in accepted)
+        if unknown:
+            raise ValueError(f"unknown option(s) for RewardModel.from_options: {', '.join(unknown)}")
+        # Settings are checked before the backend is built, so a bad one costs no model load.
+        model_kwargs["allow_na"] = resolve_allow_na(model_kwargs.get("allow_na"))
+        model_kwargs["aggregation"] = get_aggregation(model_kwargs.get("aggregation"))
+        backend = backend_from_options(**opts)
+        return cls(backend, sampling=sampling, max_pixels=max_pixels, **model_kwargs)
 
     # -- helpers ------------------------------------------------------------------------------
     def run_sync(self, coro: Awaitable[T]) -> T:
@@ -235,12 +298,15 @@ class RewardModel:
         """
         task: Literal["t2i", "edit"] = "edit" if _has_source(source) else "t2i"
         try:
+            # The text first: a bad prompt fails without decoding any image.
+            check_request_text(prompt, "prompt")
             img, sources = await asyncio.to_thread(
                 lambda: (self._load(image, base_dir, "image"), self._load_sources(source, base_dir))
             )
-            messages = build_messages(task, "pointwise", prompt, [img], sources or None, self.templates)
-        except (ImageInputError, PromptInputError, ValueError) as exc:
-            return failed_critique(task, "input", str(exc), id=id)
+            messages = build_messages(task, "pointwise", prompt, [img], sources or None, self.templates,
+                                      request_name="prompt")
+        except _INPUT_ERRORS as exc:
+            return failed_critique(task, "input", _input_error(exc), id=id)
         params = sampling or self.sampling
         if scores_only:
             params = params.replace(stop=(*tuple(params.stop or ()), REFINEMENT_MARKER))
@@ -251,7 +317,7 @@ class RewardModel:
             result = failed_critique(task, "backend", gen.error or "backend failed", id=id)
             result.usage = usage
             return result
-        result = parse_critique(gen.text, task, aggregation=self.aggregation, id=id)
+        result = parse_critique(gen.text, task, aggregation=self.aggregation, id=id, allow_na=self.allow_na)
         result.usage = usage
         if not result.ok and gen.finish_reason == "length":
             result.error = f"{result.error} (output cut at max_tokens={params.max_tokens})"
@@ -294,14 +360,16 @@ class RewardModel:
         tie_tolerance: float | None,
         sampling: SamplingParams | None,
     ) -> CompareResult:
-        messages = build_messages(task, "pairwise", prompt, [a, b], sources or None, self.templates)
+        messages = build_messages(task, "pairwise", prompt, [a, b], sources or None, self.templates,
+                                  request_name="prompt")
         gen = await self._chat(messages, sampling)
         usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                       latency_s=gen.latency_s, cached=gen.cached)
         if not gen.ok:
             res = failed_compare(task, "backend", gen.error or "backend failed", id=id)
         else:
-            res = parse_comparison(gen.text, task, aggregation=self.aggregation, tie_tolerance=tie_tolerance, id=id)
+            res = parse_comparison(gen.text, task, aggregation=self.aggregation, tie_tolerance=tie_tolerance,
+                                   id=id, allow_na=self.allow_na)
         res.usage = usage
         return res
 
@@ -365,14 +433,16 @@ class RewardModel:
         """
         task: Literal["t2i", "edit"] = "edit" if _has_source(source) else "t2i"
         try:
+            if mode not in ("pairwise", "pointwise"):
+                raise ValueError(f"unknown mode {mode!r}; use pairwise or pointwise")
+            check_request_text(prompt, "prompt")
             a, b, sources = await asyncio.to_thread(
                 lambda: (self._load(image_a, base_dir, "image_a"), self._load(image_b, base_dir, "image_b"),
                          self._load_sources(source, base_dir))
             )
-            if mode not in ("pairwise", "pointwise"):
-                raise ValueError(f"unknown mode {mode!r}; use pairwise or pointwise")
-        except (ImageInputError, PromptInputError, ValueError) as exc:
-            return failed_compare(task, "input", str(exc), id=id, mode=mode)
+        except _INPUT_ERRORS as exc:
+            return failed_compare(task, "input", _input_error(exc), id=id,
+                                  mode=mode if mode in ("pairwise", "pointwise") else "pairwise")
         judge = self._pairwise_once if mode == "pairwise" else self._pointwise_pair
         try:
             if not swap:
@@ -383,8 +453,8 @@ class RewardModel:
                 judge(task, prompt, a, b, sources, id, tie_tolerance, sampling),
                 judge(task, prompt, b, a, sources, id, tie_tolerance, sampling),
             )
-        except PromptInputError as exc:
-            return failed_compare(task, "input", str(exc), id=id, mode=mode)
+        except _INPUT_ERRORS as exc:
+            return failed_compare(task, "input", _input_error(exc), id=id, mode=mode)
         return _combine_swapped(first, _map_back(second), task, mode, id, self.aggregation)
 
     def compare(self, prompt: str, image_a: Any, image_b: Any, source: Any = None, **kwargs: Any) -> CompareResult:
@@ -435,7 +505,19 @@ class RewardModel:
         self.close()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.backend.describe(), "templates": self.templates.name, "aggregation": self.aggregation.name}
+        return {**self.backend.describe(), "templates": self.templates.name, "aggregation": self.aggregation.name,
+                "allow_na": sorted(self.allow_na)}
+
+
+def _input_error(exc: BaseException) -> str:
+    """The message of a per-item input error; exceptions that are not ours carry their type, so
+    ``[Errno 36] File name too long`` still says what went wrong where."""
+    if isinstance(exc, (ImageInputError, PromptInputError)):
+        return str(exc)
+    if isinstance(exc, UnicodeError):
+        return f"input is not valid Unicode: {exc}"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ValueError) and type(exc) is ValueError else f"{type(exc).__name__}: {text}"
 
 
 def _as_critique_item(x: CritiqueItem | dict[str, Any]) -> CritiqueItem:

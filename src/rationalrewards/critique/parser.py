@@ -9,16 +9,30 @@ Accepted variants (see docs/format.md): ``## Score:`` before ``## Justification:
 ``# User Request Analysis`` header; bold / bracketed / ``x/4`` / ``~x`` scores; ``N/A`` in any
 case; a leading ``<think>...</think>`` block; unnumbered or markdown-decorated dimension headers;
 a refined request on the line after its marker and spanning several lines; pairwise
-``Score A`` / ``Score B`` / ``Winner`` fields.
+``Score A`` / ``Score B`` / ``Winner`` fields; several fields on one line
+(``## Score: 3 ## Justification: ...``).
+
+N/A is read as "not applicable" only on the dimensions the ``allow_na`` setting names (default:
+text rendering); on any other dimension it is a parse failure naming the dimension. Non-finite
+numbers (``nan``, ``inf``, ``1e999``) are failures, never clamped.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 from .aggregate import Aggregation, clamp_score, decide_pair, reward_from_scores
-from .dimensions import ALL_DIMENSIONS, SCORE_MAX, Dimension, check_task, dimensions_for
+from .dimensions import (
+    ALL_DIMENSIONS,
+    SCORE_MAX,
+    AllowNA,
+    Dimension,
+    check_task,
+    dimensions_for,
+    resolve_allow_na,
+)
 from .schema import CompareResult, CritiqueResult, Winner, empty_scores
 
 _DECOR = r"(?:\*\*|__|\*)?"
@@ -71,11 +85,13 @@ _SECTION = re.compile(
 )
 
 _NA = re.compile(
-    r"^(?:n\s*/\s*a|n\.a\.?|na|none|null|not\s+applicable|nan|(?:-+|—)(?!\s*[\d.]))(?:\b|$)", re.IGNORECASE
+    r"^(?:n\s*/\s*a|n\.a\.?|na|none|null|not\s+applicable|(?:-+|—)(?!\s*[\d.]))(?:\b|$)", re.IGNORECASE
 )
+# Not a number at all, though float() would take it: never N/A, never clamped to the scale.
+_NON_FINITE = re.compile(r"^[+-]?\s*(?:inf(?:inity)?|∞|nan)(?![a-z])", re.IGNORECASE)
 _NUMBER = re.compile(
     r"^(?:level\s*|about\s*|approx(?:imately|\.)?\s*|around\s*|~|≈)?\s*"
-    r"(?P<value>[+-]?\d+(?:[.,]\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?",
+    r"(?P<value>[+-]?\d+(?:[.,]\d+)?(?:e[+-]?\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?",
     re.IGNORECASE,
 )
 
@@ -94,12 +110,18 @@ def parse_score(text: str) -> ParsedScore:
     s = s.lstrip("(").strip()
     if not s:
         return ParsedScore(error="empty score")
+    if _NON_FINITE.match(s):
+        return ParsedScore(error=f"non-finite score {text.strip()[:40]!r}; expected a number from 1 to 4")
     if _NA.match(s):
         return ParsedScore(is_na=True)
     m = _NUMBER.match(s)
     if not m:
         return ParsedScore(error=f"unreadable score {text.strip()[:40]!r}")
     value = float(m.group("value").replace(",", "."))
+    if not math.isfinite(value):
+        # "1e999" or a 400-digit integer: float() overflows to inf; clamping it to 4.0 would
+        # turn garbage into a perfect score.
+        return ParsedScore(error=f"non-finite score {text.strip()[:40]!r}; expected a number from 1 to 4")
     den = m.group("den")
     if den is not None and float(den) != SCORE_MAX:
         # Rescaling a /10 answer would be inventing a calibration the model never had.
@@ -175,7 +197,8 @@ def _match_dimension(line: str, allowed: set[str]) -> tuple[str, str] | None:
 
 def _is_score_like(text: str) -> bool:
     cell = re.sub(r"[*_`\[\]]", "", text).strip()
-    return bool(_NA.match(cell) or re.match(r"^[~≈]?\s*\d+(?:[.,]\d+)?\s*(?:/\s*\d+)?\s*$", cell))
+    return bool(_NA.match(cell) or _NON_FINITE.match(cell)
+                or re.match(r"^[~≈]?\s*[+-]?\d+(?:[.,]\d+)?(?:e[+-]?\d+)?\s*(?:/\s*\d+)?\s*$", cell, re.I))
 
 
 def _split(lines: list[str], allowed: set[str]) -> tuple[dict[str, _Section], dict[str, list[str]], list[str]]:
@@ -299,14 +322,26 @@ def _analysis(preface: list[str]) -> str | None:
     return _text(kept)
 
 
+def _na_refused(dim: Dimension, allowed: frozenset[str], side: str = "") -> str:
+    may = ", ".join(sorted(allowed)) or "none"
+    return f"{dim.header}: {side}N/A is not allowed on {dim.key} (may be N/A: {may}; see allow_na)"
+
+
 def parse_critique(
     raw: str,
     task: str,
     *,
     aggregation: Aggregation | None = None,
     id: str | None = None,
+    allow_na: AllowNA = None,
 ) -> CritiqueResult:
-    """Parse a pointwise critique. Never raises on model text; failures are ``ok=False``."""
+    """Parse a pointwise critique. Never raises on model text; failures are ``ok=False``.
+
+    ``allow_na``: the dimension keys that may be N/A (default ``{"text_rendering"}``; ``"all"``
+    for every dimension). N/A anywhere else fails the parse with an error naming the dimension.
+    An unknown key in ``allow_na`` raises ``ValueError`` (a setting error, not model text).
+    """
+    allowed = resolve_allow_na(allow_na)
     task = check_task(task)
     dims = dimensions_for(task)
     lines = _normalise(raw)
@@ -334,6 +369,8 @@ def parse_critique(
         ps = parse_score(cell)
         if ps.error:
             problems.append(f"{d.header}: {ps.error}")
+        elif ps.is_na and d.key not in allowed:
+            problems.append(_na_refused(d, allowed))
         elif not ps.is_na:
             scores[d.key] = ps.value
     summary = _text(tops.get("summary"))
@@ -371,8 +408,13 @@ def parse_comparison(
     aggregation: Aggregation | None = None,
     tie_tolerance: float | None = None,
     id: str | None = None,
+    allow_na: AllowNA = None,
 ) -> CompareResult:
-    """Parse a pairwise judgement; the verdict comes from the per-dimension scores."""
+    """Parse a pairwise judgement; the verdict comes from the per-dimension scores.
+
+    ``allow_na`` works as in :func:`parse_critique`, for each side separately.
+    """
+    allowed = resolve_allow_na(allow_na)
     task = check_task(task)
     dims = dimensions_for(task)
     lines = _normalise(raw)
@@ -396,6 +438,8 @@ def parse_comparison(
             ps = parse_score(cell)
             if ps.error:
                 problems.append(f"{d.header}: Score {side}: {ps.error}")
+            elif ps.is_na and d.key not in allowed:
+                problems.append(_na_refused(d, allowed, f"Score {side}: "))
             elif not ps.is_na:
                 target[d.key] = ps.value
         if f.winner is not None:

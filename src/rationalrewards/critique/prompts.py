@@ -38,10 +38,30 @@ _SLOTS = {
 
 
 class PromptInputError(ValueError):
-    """The request text cannot be used (empty, or not a string)."""
+    """The request text cannot be used (not a string, not valid Unicode, or empty)."""
 
 
-def neutralize_request(text: str) -> str:
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def check_request_text(text: object, what: str = "the request") -> str:
+    """``text`` as a str that can be encoded (UTF-8, JSON, a tokenizer), else PromptInputError.
+
+    A lone surrogate (``"cat \\ud800"``, e.g. from a JSON ``\\ud800`` escape or a badly decoded
+    file) is a valid Python str but no valid Unicode: every encoder downstream would raise
+    mid-request. The error names the position so the caller can find it.
+    """
+    if not isinstance(text, str):
+        raise PromptInputError(f"{what} must be text, got {type(text).__name__}")
+    m = _SURROGATE.search(text)
+    if m:
+        raise PromptInputError(
+            f"{what} is not valid Unicode: lone surrogate U+{ord(m.group()):04X} at position {m.start()}"
+        )
+    return text
+
+
+def neutralize_request(text: str, what: str = "the request") -> str:
     """Make user text inert inside our prompt.
 
     The request is quoted on one ``User Instruction:`` line, so: line breaks become spaces (a
@@ -49,8 +69,7 @@ def neutralize_request(text: str) -> str:
     slot in sharegpt exports), line-leading ``#`` marks are dropped (no forged ``## Score:``
     header), and chat-control tokens such as ``<|im_start|>`` are broken up (no role injection).
     """
-    if not isinstance(text, str):
-        raise PromptInputError(f"the request must be text, got {type(text).__name__}")
+    check_request_text(text, what)
     out = re.sub(r"<\s*image\s*>", "[image]", text, flags=re.IGNORECASE)
     out = re.sub(r"<\|", "< |", out)
     out = re.sub(r"</?\s*think\s*>", lambda m: m.group(0).replace("<", "< "), out, flags=re.IGNORECASE)
@@ -59,7 +78,7 @@ def neutralize_request(text: str) -> str:
     # A '#' run mid-line that would start a header once the model echoes the request
     out = re.sub(r"#{2,}", "#", out)
     if not out:
-        raise PromptInputError("the request is empty")
+        raise PromptInputError(f"{what} is empty")
     return out
 
 
@@ -145,6 +164,7 @@ def build_messages(
     images: list[Any],
     sources: list[Any] | None = None,
     templates: TemplateSet | None = None,
+    request_name: str = "the request",
 ) -> list[dict[str, Any]]:
     """Chat messages for one judgement.
 
@@ -165,7 +185,7 @@ def build_messages(
         if sources:
             raise ValueError("a t2i judgement takes no source image")
         slots = [[img] for img in images]
-    user = {"role": "user", "content": _interleave(ts.text(task, mode), neutralize_request(request), slots)}
+    user = {"role": "user", "content": _interleave(ts.text(task, mode), neutralize_request(request, request_name), slots)}
     if mode == "pointwise":
         return [{"role": "system", "content": ts.system_pointwise.strip()}, user]
     return [user]
