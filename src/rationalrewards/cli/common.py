@@ -113,7 +113,12 @@ def check_aggregation(value: Any) -> Any:
 
 def parse_allow_na(spec: str) -> tuple[str, ...]:
     """``--allow-na``: comma-separated dimension keys, ``all`` or ``none`` -> the keys (sorted)."""
+    from ..critique import dimensions
     from ..critique.dimensions import keys_for
+
+    resolve = getattr(dimensions, "resolve_allow_na", None)
+    if resolve is not None:  # the core's reading of the setting, when it has one
+        return tuple(sorted(resolve(spec)))
 
     known = sorted(set(keys_for("t2i")) | set(keys_for("edit")))
     parts = [p.strip() for p in spec.split(",") if p.strip()]
