@@ -336,14 +336,15 @@ class RewardModel:
     ) -> list[CritiqueResult]:
         """Critique many items concurrently; results in input order. ``on_result(index, result)``
         is called as each finishes (for incremental writing and progress bars)."""
-        jobs = [_as_critique_item(x) for x in items]
-        return await _bounded(
-            jobs,
-            lambda it: self.acritique(it.prompt, it.image, it.source, id=it.id, base_dir=it.base_dir,
-                                      scores_only=scores_only),
-            concurrency or self.concurrency,
-            on_result,
-        )
+        async def one(x: CritiqueItem | dict[str, Any]) -> CritiqueResult:
+            try:
+                it = _as_critique_item(x)
+            except _INPUT_ERRORS as exc:
+                return failed_critique("t2i", "input", _input_error(exc), id=_item_id(x))
+            return await self.acritique(it.prompt, it.image, it.source, id=it.id, base_dir=it.base_dir,
+                                        scores_only=scores_only)
+
+        return await _bounded(list(items), one, concurrency or self.concurrency, on_result)
 
     def critique_batch(self, items: Iterable[CritiqueItem | dict[str, Any]], **kwargs: Any) -> list[CritiqueResult]:
         return self._run(self.acritique_batch(items, **kwargs))
@@ -470,14 +471,15 @@ class RewardModel:
         concurrency: int | None = None,
         on_result: Callable[[int, CompareResult], Any] | None = None,
     ) -> list[CompareResult]:
-        jobs = [_as_compare_item(x) for x in items]
-        return await _bounded(
-            jobs,
-            lambda it: self.acompare(it.prompt, it.image_a, it.image_b, it.source, mode=mode, swap=swap,
-                                     tie_tolerance=tie_tolerance, id=it.id, base_dir=it.base_dir),
-            concurrency or self.concurrency,
-            on_result,
-        )
+        async def one(x: CompareItem | dict[str, Any]) -> CompareResult:
+            try:
+                it = _as_compare_item(x)
+            except _INPUT_ERRORS as exc:
+                return failed_compare("t2i", "input", _input_error(exc), id=_item_id(x), mode=mode)
+            return await self.acompare(it.prompt, it.image_a, it.image_b, it.source, mode=mode, swap=swap,
+                                       tie_tolerance=tie_tolerance, id=it.id, base_dir=it.base_dir)
+
+        return await _bounded(list(items), one, concurrency or self.concurrency, on_result)
 
     def compare_batch(self, items: Iterable[CompareItem | dict[str, Any]], **kwargs: Any) -> list[CompareResult]:
         return self._run(self.acompare_batch(items, **kwargs))
@@ -520,18 +522,32 @@ def _input_error(exc: BaseException) -> str:
     return text if isinstance(exc, ValueError) and type(exc) is ValueError else f"{type(exc).__name__}: {text}"
 
 
+def _item_id(x: Any) -> str | None:
+    """A batch item's id as the result's ``id`` (a str), whatever the item holds."""
+    raw = x.id if isinstance(x, (CritiqueItem, CompareItem)) else x.get("id") if isinstance(x, dict) else None
+    return None if raw is None else raw if isinstance(raw, str) else str(raw)
+
+
 def _as_critique_item(x: CritiqueItem | dict[str, Any]) -> CritiqueItem:
     if isinstance(x, CritiqueItem):
+        if x.id is not None and not isinstance(x.id, str):
+            x = CritiqueItem(x.prompt, x.image, x.source, _item_id(x), x.base_dir)
         return x
+    if not isinstance(x, dict):
+        raise TypeError(f"a batch item must be a dict or CritiqueItem, not {type(x).__name__}")
     return CritiqueItem(prompt=x.get("prompt"), image=x.get("image"), source=x.get("source"),  # type: ignore[arg-type]
-                        id=x.get("id"), base_dir=x.get("base_dir"))
+                        id=_item_id(x), base_dir=x.get("base_dir"))
 
 
 def _as_compare_item(x: CompareItem | dict[str, Any]) -> CompareItem:
     if isinstance(x, CompareItem):
+        if x.id is not None and not isinstance(x.id, str):
+            x = CompareItem(x.prompt, x.image_a, x.image_b, x.source, _item_id(x), x.base_dir, x.extra)
         return x
+    if not isinstance(x, dict):
+        raise TypeError(f"a batch item must be a dict or CompareItem, not {type(x).__name__}")
     return CompareItem(prompt=x.get("prompt"), image_a=x.get("image_a"), image_b=x.get("image_b"),  # type: ignore[arg-type]
-                       source=x.get("source"), id=x.get("id"), base_dir=x.get("base_dir"))
+                       source=x.get("source"), id=_item_id(x), base_dir=x.get("base_dir"))
 
 
 async def _bounded(jobs: list[Any], fn: Callable[[Any], Awaitable[T]], limit: int,

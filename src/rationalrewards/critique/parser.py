@@ -77,6 +77,28 @@ _FIELD = re.compile(
     re.IGNORECASE,
 )
 
+_FIELD_LABEL = (
+    r"(?:justification|reasoning|rationale|winner|"
+    r"score\s*\(?\s*(?:for\s+)?(?:image\s+)?[AB]\s*\)?|(?:image\s+)?[AB]\s+score|score)"
+)
+# A second field on the same line as the first: "## Score: 3.5 ## Justification: ..." or
+# "## Score: 3 **Justification:** ...". Only a decorated label (hashes or bold) counts, so
+# "the score: 3 would be generous" inside a justification stays prose.
+_INLINE_FIELD = re.compile(
+    r"\s+(?=(?:#{1,6}\s*" + _DECOR + r"|\*\*|__)\s*" + _FIELD_LABEL + r"\s*" + _DECOR + r"\s*:)",
+    re.IGNORECASE,
+)
+# After a score cell even a bare label starts the justification: "## Score: 3.5 Justification: ...".
+_JUSTIFICATION_AFTER_SCORE = re.compile(r"\s+(?=(?:justification|reasoning|rationale)\s*" + _DECOR + r"\s*:)",
+                                        re.IGNORECASE)
+# The score cell at the start of a score field, with its decoration; what follows is the tail.
+_SCORE_CELL = re.compile(
+    r"^[\s*_`\[\]\"']*(?:n\s*/\s*a|n\.a\.?|not\s+applicable|na|none|null|-+|—|"
+    r"(?:(?:level|about|approx(?:imately|\.)?|around)\s*)?[~≈]?\s*[+-]?\d+(?:[.,]\d+)?(?:e[+-]?\d+)?"
+    r"(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?)(?![\w/])[*_`\]\"']*",
+    re.IGNORECASE,
+)
+
 _SECTION = re.compile(
     r"^\s*(?:#{1,6}\s*)?" + _DECOR + r"\s*(?P<name>user\s+request\s+analysis|detailed\s+judge?ment|summary|"
     r"user\s+request\s+refinement|refinement\s+comments|refined\s+(?:request|prompt|instruction))"
@@ -251,11 +273,35 @@ def _has_score(section: _Section) -> bool:
     return any(x is not None for x in (f.score, f.score_a, f.score_b))
 
 
+def _split_inline_fields(lines: list[str]) -> list[str]:
+    """One field per line: a field line that carries further fields is cut before each."""
+    out: list[str] = []
+    for line in lines:
+        if not _FIELD.match(line):
+            out.append(line)
+            continue
+        for piece in _INLINE_FIELD.split(line):
+            m = _FIELD.match(piece)
+            is_score = m is not None and m.group("field").lower().startswith("score") and not (
+                m.group("side") or m.group("side2"))
+            out.extend(_JUSTIFICATION_AFTER_SCORE.split(piece) if is_score else [piece])
+    return out
+
+
+def _score_tail(cell: str) -> str | None:
+    """Text the model wrote after the score on the score line ("3.5 - crisp lettering")."""
+    m = _SCORE_CELL.match(cell)
+    if not m:
+        return None
+    tail = cell[m.end():].strip().lstrip("-–—:|;,.").strip()
+    return tail or None
+
+
 def _fields(section: _Section) -> _Fields:
     out = _Fields()
     target: str | None = None
     buffers: dict[str, list[str]] = {}
-    for line in section.lines:
+    for line in _split_inline_fields(section.lines):
         m = _FIELD.match(line)
         if m:
             name = m.group("field").lower()
@@ -288,6 +334,10 @@ def _fields(section: _Section) -> _Fields:
         else:
             value = next((b.strip() for b in buf if b.strip()), None)
             setattr(out, name, value)
+    if out.justification is None and out.score is not None:
+        # No justification field at all, but prose right after the score: keep it as the
+        # justification rather than dropping what the model wrote.
+        out.justification = _score_tail(out.score)
     return out
 
 

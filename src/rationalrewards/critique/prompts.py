@@ -5,6 +5,10 @@ A template set is a folder of five text files (see ``templates/default``):
 ``edit_pairwise.txt``. A template holds ``{request}`` once and one ``<image>`` placeholder per
 image line; for edits the first placeholder is the source slot and receives every source image.
 
+``system_pointwise.txt`` may be absent or empty (whitespace only): the pointwise prompt is then a
+single user turn with no system message, the release's older test-time layout. It never holds
+``{request}`` or ``<image>`` (a system turn has neither).
+
 Messages are plain dicts in the OpenAI shape with image parts kept as objects
 (``{"type": "image", "image": PreparedImage}``); each backend turns them into its wire format.
 """
@@ -21,13 +25,16 @@ from .dimensions import check_task
 
 Mode = Literal["pointwise", "pairwise"]
 IMAGE_MARKER = "<image>"
+SYSTEM_FILE = "system_pointwise.txt"
 TEMPLATE_FILES = (
-    "system_pointwise.txt",
+    SYSTEM_FILE,
     "t2i_pointwise.txt",
     "edit_pointwise.txt",
     "t2i_pairwise.txt",
     "edit_pairwise.txt",
 )
+# Files a template folder must have; the system prompt is optional (absent = no system turn).
+REQUIRED_TEMPLATE_FILES = tuple(f for f in TEMPLATE_FILES if f != SYSTEM_FILE)
 # Expected image slots per template (the edit source slot counts once).
 _SLOTS = {
     ("t2i", "pointwise"): 1,
@@ -84,7 +91,11 @@ def neutralize_request(text: str, what: str = "the request") -> str:
 
 @dataclass(frozen=True)
 class TemplateSet:
-    """The five prompt texts; build from a folder with :meth:`from_dir`."""
+    """The five prompt texts; build from a folder with :meth:`from_dir`.
+
+    An empty ``system_pointwise`` (``""`` or whitespace) means pointwise prompts carry no system
+    message: one user turn, as in the release's older test-time layout.
+    """
 
     name: str
     system_pointwise: str
@@ -96,10 +107,20 @@ class TemplateSet:
     @classmethod
     def from_dir(cls, path: str | Path, name: str | None = None) -> TemplateSet:
         folder = Path(path)
-        missing = [f for f in TEMPLATE_FILES if not (folder / f).is_file()]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no template folder at {folder}")
+        missing = [f for f in REQUIRED_TEMPLATE_FILES if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(f"template folder {folder} lacks {', '.join(missing)}")
-        texts = {f[:-4]: (folder / f).read_text(encoding="utf-8") for f in TEMPLATE_FILES}
+        texts: dict[str, str] = {}
+        for f in TEMPLATE_FILES:
+            if f == SYSTEM_FILE and not (folder / f).exists():
+                texts[f[:-4]] = ""  # no system turn
+                continue
+            try:
+                texts[f[:-4]] = (folder / f).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"template {folder / f} is not UTF-8 text: {exc}") from None
         ts = cls(name=name or folder.name, **texts)
         ts.validate()
         return ts
@@ -113,7 +134,21 @@ class TemplateSet:
     def text(self, task: str, mode: Mode) -> str:
         return getattr(self, f"{task}_{mode}")
 
+    @property
+    def has_system(self) -> bool:
+        """Whether pointwise prompts open with a system message."""
+        return bool(self.system_pointwise.strip())
+
     def validate(self) -> None:
+        """ValueError naming the template and the problem if the set cannot be used."""
+        for field_name in ("system_pointwise", *(f"{t}_{m}" for t, m in _SLOTS)):
+            text = getattr(self, field_name)
+            if not isinstance(text, str):
+                raise ValueError(f"template {field_name} must be text, not {type(text).__name__}")
+            check_request_text(text, f"template {field_name}")
+        if "{request}" in self.system_pointwise or IMAGE_MARKER in self.system_pointwise:
+            raise ValueError(f"template system_pointwise must not contain {{request}} or {IMAGE_MARKER}: "
+                             "the system turn carries neither the request nor images")
         for (task, mode), slots in _SLOTS.items():
             body = self.text(task, mode)
             if body.count("{request}") != 1:
@@ -170,7 +205,9 @@ def build_messages(
 
     ``images``: the judged image(s): one for pointwise, two (A, B) for pairwise.
     ``sources``: the edit's source image(s) (edit task only; several go into the one slot).
-    Pointwise prompts are a system + user message, pairwise a single user message, as in training.
+    Pointwise prompts are a system + user message, pairwise a single user message, as in training;
+    a template set with an empty system prompt makes pointwise prompts a single user message too.
+    ``request_name`` names the request in errors (``"prompt"`` for the API's argument).
     """
     task = check_task(task)
     ts = templates or default_templates()
@@ -186,7 +223,7 @@ def build_messages(
             raise ValueError("a t2i judgement takes no source image")
         slots = [[img] for img in images]
     user = {"role": "user", "content": _interleave(ts.text(task, mode), neutralize_request(request, request_name), slots)}
-    if mode == "pointwise":
+    if mode == "pointwise" and ts.has_system:
         return [{"role": "system", "content": ts.system_pointwise.strip()}, user]
     return [user]
 
