@@ -296,6 +296,7 @@ class _DecodeBudget:
         if self._cond is None:
             self._cond = asyncio.Condition()
         cond = self._cond
+        self.metrics.decode_waiting += 1
         try:
             async with cond:
                 await asyncio.wait_for(cond.wait_for(lambda: self._fits(pixels)), wait_s)
@@ -303,6 +304,8 @@ class _DecodeBudget:
                 return True
         except asyncio.TimeoutError:
             return False
+        finally:
+            self.metrics.decode_waiting -= 1
 
     async def release(self, pixels: int) -> None:
         self.used -= pixels
@@ -491,7 +494,8 @@ def create_app(
                 raise refuse(endpoint, 413, "too_large",
                              f"body of {declared} bytes is over the limit of {limits.max_body_bytes} bytes "
                              "(--max-body-mb); send fewer or smaller images per request",
-                             [{"loc": ["body"], "limit": "max_body_bytes", "value": limits.max_body_bytes}])
+                             [{"loc": ["body"], "limit": "max_body_bytes", "value": limits.max_body_bytes,
+                               "msg": "body too large"}])
         chunks: list[bytes] = []
         total = 0
         async for chunk in request.stream():
@@ -499,7 +503,8 @@ def create_app(
             if total > limits.max_body_bytes:
                 raise refuse(endpoint, 413, "too_large",
                              f"body is over the limit of {limits.max_body_bytes} bytes (--max-body-mb)",
-                             [{"loc": ["body"], "limit": "max_body_bytes", "value": limits.max_body_bytes}])
+                             [{"loc": ["body"], "limit": "max_body_bytes", "value": limits.max_body_bytes,
+                               "msg": "body too large"}])
             chunks.append(chunk)
         body = b"".join(chunks)
         del chunks
@@ -536,13 +541,14 @@ def create_app(
                          f"request has {len(items)} items; this server accepts at most {cap} per request "
                          "(every item carries at least one image; --max-images-per-request)",
                          [{"loc": ["items"], "limit": "max_images_per_request", "value": cap,
-                           "count": len(items)}])
+                           "count": len(items), "msg": "too many items"}])
         count = _raw_image_count(items, per_item)
         if count > cap:
             raise refuse(endpoint, 413, "too_many_images",
                          f"request carries {count} images; this server accepts at most {cap} per request "
                          "(--max-images-per-request)",
-                         [{"loc": ["items"], "limit": "max_images_per_request", "value": cap, "count": count}])
+                         [{"loc": ["items"], "limit": "max_images_per_request", "value": cap, "count": count,
+                           "msg": "too many images"}])
 
     def validate(model: type[Any], data: Any, endpoint: str) -> Any:
         try:
@@ -589,7 +595,8 @@ def create_app(
                              f"(--max-image-megapixels); downscale it before sending"
                              + (f" (the judge reads at most {max_pixels} pixels)" if max_pixels else ""),
                              [{"loc": _loc(w.field), "item": w.item, "limit": "max_image_pixels",
-                               "value": limits.max_image_pixels, "pixels": w.header.pixels or None}])
+                               "value": limits.max_image_pixels, "pixels": w.header.pixels or None,
+                               "msg": "image over the per-image pixel limit"}])
         total = 0
         for w in live:
             assert w.header is not None
@@ -601,7 +608,8 @@ def create_app(
                              f"budget of {limits.max_request_pixels} (--max-request-megapixels); it ran out at "
                              f"{w.field}; send fewer or smaller images per request",
                              [{"loc": _loc(w.field), "item": w.item, "limit": "max_request_pixels",
-                               "value": limits.max_request_pixels, "pixels": declared}])
+                               "value": limits.max_request_pixels, "pixels": declared,
+                               "msg": "request over the per-request pixel budget"}])
         if not live:
             return
         if not await budget.acquire(total, limits.decode_wait_s):
@@ -610,7 +618,8 @@ def create_app(
                          f"{limits.max_decoding_pixels}-pixel budget in use, --max-decoding-megapixels); this "
                          f"request needs {total} pixels; retry after {RETRY_AFTER_S} s",
                          [{"loc": ["items"], "limit": "max_decoding_pixels", "value": limits.max_decoding_pixels,
-                           "pixels": total}], headers={"Retry-After": str(RETRY_AFTER_S)})
+                           "pixels": total, "msg": "server-wide decode budget busy"}],
+                         headers={"Retry-After": str(RETRY_AFTER_S)})
 
         def decode() -> None:
             for w in live:

@@ -22,7 +22,8 @@ def serve(
     token: Annotated[str | None, typer.Option(
         "--token", envvar="RATIONALREWARDS_TOKEN", show_envvar=True,
         help="Bearer token required on /v1/* and /metrics (/healthz stays open).")] = None,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Larger bodies get 413.")] = 64.0,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, max=4096.0,
+                                                  help="Larger bodies get 413.")] = 64.0,
     max_images_per_request: Annotated[int, typer.Option(
         "--max-images-per-request", min=1, max=4096,
         help="Requests with more images (sources included) or items get 413.")] = 64,
@@ -62,15 +63,17 @@ def serve(
               "max_image_pixels": round(max_image_megapixels * 1e6),
               "max_request_pixels": round(max_request_megapixels * 1e6),
               "max_decoding_pixels": round(max_decoding_megapixels * 1e6), "decode_wait_s": decode_wait}
+    # Checked before a model is loaded, in the units of the flags.
+    if max_request_megapixels < max_image_megapixels:
+        fail(f"--max-request-megapixels ({max_request_megapixels:g}) must be at least --max-image-megapixels "
+             f"({max_image_megapixels:g}): a request must be able to carry one image at the cap", EXIT_INPUT)
+    if max_decoding_megapixels < max_request_megapixels:
+        fail(f"--max-decoding-megapixels ({max_decoding_megapixels:g}) must be at least --max-request-megapixels "
+             f"({max_request_megapixels:g}), or a full request could never start decoding", EXIT_INPUT)
     try:
-        ServeLimits(**limits)  # cross-checks (a request must fit the server-wide budget, ...) before loading a model
+        ServeLimits(**limits)
     except ValueError as exc:
-        flags = {"max_image_pixels": "--max-image-megapixels", "max_request_pixels": "--max-request-megapixels",
-                 "max_decoding_pixels": "--max-decoding-megapixels", "decode_wait_s": "--decode-wait"}
-        message = str(exc)
-        for name, flag in flags.items():
-            message = message.replace(name, flag)
-        fail(f"{message} (the pixel options are in megapixels on the command line)", EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT)
     # --concurrency travels in `backend` to the judge's backend: the bound on critiques in
     # flight at the judge over all requests.
     rm = make_reward_model(backend)

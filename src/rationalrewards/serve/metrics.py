@@ -66,6 +66,7 @@ class ServerMetrics:
     * ``images_decoded_total`` / ``decoded_pixels_total``: images the server read (pixels as
       declared by their headers), so a test or an operator can see what decoding cost;
     * ``decoding_pixels``: gauge of the server-wide decode budget in use;
+    * ``decode_waiting_requests``: gauge of requests waiting for that budget;
     * ``in_flight_requests`` / ``in_flight_items``: gauges;
     * ``uptime_seconds``.
     """
@@ -85,6 +86,7 @@ class ServerMetrics:
         self.images_decoded = 0
         self.decoded_pixels = 0
         self.decoding_pixels = 0
+        self.decode_waiting = 0
 
     # -- recording ----------------------------------------------------------------------------
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
@@ -172,6 +174,7 @@ class ServerMetrics:
                 lines.append(f"# TYPE {p}_{name} counter")
                 lines.append(f"{p}_{name} {value}")
             gauge("decoding_pixels", "Pixels of the server-wide decode budget in use.", self.decoding_pixels)
+            gauge("decode_waiting_requests", "Requests waiting for the decode budget.", self.decode_waiting)
             gauge("in_flight_requests", "Requests being judged now.", self.in_flight_requests)
             gauge("in_flight_items", "Items being judged now.", self.in_flight_items)
             gauge("uptime_seconds", "Seconds since the server started.", round(time.monotonic() - self.started, 3))
