@@ -108,6 +108,21 @@ def test_data_url_and_base64_only_when_allowed():
         load_image("data:image/png;base64,@@@@", allow_base64=True)
 
 
+def test_data_urls_are_accepted_wherever_paths_are_but_plain_base64_only_when_allowed(tmp_path):
+    data = png_bytes(Image.new("RGB", (300, 300), "green"))
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    # A JSONL batch line may carry a data URL; it never reads as "file not found: data:...".
+    assert load_image(url, base_dir=tmp_path).size == (300, 300)
+    with pytest.raises(ImageInputError, match="image file not found"):
+        load_image(base64.b64encode(data).decode())  # without allow_base64 a bare string is a path
+    with pytest.raises(ImageInputError, match="data URL is not base64-encoded"):
+        load_image("data:image/png,rawbytes")
+    with pytest.raises(ImageInputError, match="not valid base64"):
+        load_image("data:image/png;base64,@@@@")
+    with pytest.raises(ImageInputError, match="not a recognised image"):
+        load_image("data:image/png;base64," + base64.b64encode(b"not an image").decode())
+
+
 def test_server_side_paths_can_be_refused():
     with pytest.raises(ImageInputError, match="file paths are not accepted"):
         load_image("/etc/passwd", allow_paths=False)

@@ -135,11 +135,15 @@ def _read_source(src: Any, *, base_dir: Path | None, allow_paths: bool, allow_ba
         path = Path(text).expanduser()
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        if not path.exists():
-            shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+        shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+        try:
+            exists = path.exists()
+        except (OSError, ValueError):  # a name too long for the filesystem, or not encodable
+            exists = False
+        if not exists:
             raise ImageInputError(f"image file not found: {shown}")
         if not path.is_file():
-            raise ImageInputError(f"not a file: {path}")
+            raise ImageInputError(f"not a file: {shown}")
         size = path.stat().st_size
         if size > DEFAULT_MAX_INPUT_BYTES:
             raise ImageInputError(f"image file too large ({size} bytes): {path}")

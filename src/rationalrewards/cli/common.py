@@ -80,6 +80,12 @@ def _check_base_urls(value: Any) -> Any:
     return value
 
 
+def _check_cache(value: Any) -> Any:
+    if value is not None and value.exists() and not value.is_dir() and value.suffix != ".sqlite":
+        raise typer.BadParameter(f"{value} is a file; give a folder (or a .sqlite file) for the cache")
+    return value
+
+
 def parse_aggregation_spec(spec: str) -> Any:
     """The :class:`~rationalrewards.critique.aggregate.Aggregation` named by ``--aggregation``;
     ValueError (naming the problem) for an unknown preset or dimension, or a weight that is not
@@ -281,7 +287,7 @@ def make_reward_model(opts: dict[str, Any]) -> Any:
         fail("--allow-na other than text_rendering needs a RewardModel that accepts allow_na", EXIT_INPUT)
     try:
         return RewardModel.from_options(**opts)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # a bad setting, or a --cache / --templates path that cannot be used
         fail(str(exc), EXIT_INPUT)
     except BackendError as exc:
         fail(str(exc), EXIT_BACKEND)
@@ -371,7 +377,7 @@ _BACKEND_FIELDS: tuple[tuple[str, Any, Any, str, str, Callable[[Any], Any] | Non
     ("batch_size", int, 8, "batch-size", "In-process only: conversations per generate() (>= 1).", check_number(1)),
     ("max_pixels", int, 802_816, "max-pixels", "Downscale images to at most this many pixels (>= 1).",
      check_number(1)),
-    ("cache", Path | None, None, "cache", "Folder for the on-disk response cache (off by default).", None),
+    ("cache", Path | None, None, "cache", "Folder for the on-disk response cache (off by default).", _check_cache),
     ("templates", Path | None, None, "templates", "Folder with your own prompt template set.", None),
     ("aggregation", str, "default", "aggregation",
      "default | release-edit-rl | release-pairwise | key=weight,... (checked before any judging).", check_aggregation),
