@@ -13,6 +13,7 @@ from rationalrewards.critique.aggregate import (
     decide_pair,
     flip,
     get_aggregation,
+    parse_aggregation,
     reward_from_scores,
 )
 from rationalrewards.critique.parser import (
@@ -409,3 +410,155 @@ def test_unknown_task_is_an_input_error_not_a_parse_failure() -> None:
         parse_critique("# Summary: fine.", "video")
     with pytest.raises(ValueError):
         parse_comparison("# Summary: fine.", "video")
+
+
+# --------------------------------------------------------------------------- N/A policy (allow_na)
+
+T2I_TEMPLATE = (
+    "# Detailed Judgement\n1. Text Faithfulness:\n## Justification: a.\n## Score: {tf}\n"
+    "2. Physical and Visual Quality:\n## Justification: b.\n## Score: {pq}\n"
+    "3. Text Rendering:\n## Justification: c.\n## Score: {tr}\n# Summary: s."
+)
+
+
+def _t2i_raw(tf: str = "3.0", pq: str = "3.0", tr: str = "N/A") -> str:
+    return T2I_TEMPLATE.format(tf=tf, pq=pq, tr=tr)
+
+
+@pytest.mark.parametrize("na", ["N/A", "None", "-", "not applicable", "**n/a**"])
+@pytest.mark.parametrize(("slot", "header"), [("tf", "Text Faithfulness"), ("pq", "Physical and Visual Quality")])
+def test_na_on_a_mandatory_dimension_fails_by_default_and_names_it(na: str, slot: str, header: str) -> None:
+    result = parse_critique(_t2i_raw(**{slot: na}), "t2i")
+    assert not result.ok
+    assert result.error_kind == "parse"
+    assert result.reward is None
+    assert header in (result.error or "") and "N/A is not allowed" in (result.error or "")
+
+
+def test_na_on_image_faithfulness_of_an_edit_fails_by_default() -> None:
+    raw = _golden("pw_edit_canonical_car_blue").replace("## Score: 3.5", "## Score: N/A", 1)
+    assert "## Score: N/A" in raw
+    result = parse_critique(raw, "edit")
+    assert not result.ok and "Image Faithfulness" in (result.error or "")
+
+
+def test_na_on_text_rendering_is_allowed_by_default() -> None:
+    result = parse_critique(_t2i_raw(tr="N/A"), "t2i")
+    assert result.ok, result.error
+    assert result.scores["text_rendering"] is None
+
+
+def test_allow_na_all_is_the_release_lenient_reading() -> None:
+    result = parse_critique(_t2i_raw(tf="N/A", pq="3.4"), "t2i", allow_na="all")
+    assert result.ok, result.error
+    assert result.scores["text_faithfulness"] is None
+    assert result.reward == pytest.approx((3.4 - 1) / 3)
+
+
+@pytest.mark.parametrize("setting", [{"text_faithfulness", "text_rendering"}, "text_faithfulness,text_rendering",
+                                     ["text_rendering", "text_faithfulness"]])
+def test_allow_na_takes_a_collection_or_a_comma_separated_string(setting: object) -> None:
+    assert parse_critique(_t2i_raw(tf="N/A"), "t2i", allow_na=setting).ok
+    assert not parse_critique(_t2i_raw(pq="N/A"), "t2i", allow_na=setting).ok
+
+
+@pytest.mark.parametrize("setting", ["none", "", (), frozenset()])
+def test_allow_na_none_refuses_na_even_on_text_rendering(setting: object) -> None:
+    result = parse_critique(_t2i_raw(tr="N/A"), "t2i", allow_na=setting)
+    assert not result.ok
+    assert "Text Rendering" in (result.error or "") and "may be N/A: none" in (result.error or "")
+
+
+@pytest.mark.parametrize("setting", ["aesthetics", "text_rendering,colour", ["text_rendering", "Text Faithfulness"]])
+def test_allow_na_with_an_unknown_dimension_is_a_setting_error_naming_it(setting: object) -> None:
+    with pytest.raises(ValueError, match="unknown dimension"):
+        parse_critique(_t2i_raw(), "t2i", allow_na=setting)
+
+
+def test_pairwise_na_is_checked_per_side() -> None:
+    raw = _golden("pa_t2i_canonical_monday_mug").replace("## Score B: 3.6", "## Score B: N/A")
+    result = parse_comparison(raw, "t2i")
+    assert not result.ok and result.winner is None
+    assert "Physical and Visual Quality: Score B: N/A is not allowed" in (result.error or "")
+    lenient = parse_comparison(raw, "t2i", allow_na="all")
+    assert lenient.ok and lenient.scores_b["physical_quality"] is None
+
+
+# --------------------------------------------------------------------------- non-finite scores
+
+
+@pytest.mark.parametrize("cell", ["nan", "NaN", "inf", "-inf", "+inf", "Infinity", "∞", "1e999", "-1e999",
+                                  "9" * 400, "**inf**", "[nan]"])
+def test_parse_score_refuses_non_finite_numbers_instead_of_clamping(cell: str) -> None:
+    ps = parse_score(cell)
+    assert ps.value is None and not ps.is_na
+    assert ps.error is not None and "non-finite" in ps.error
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf", "1e999"])
+def test_non_finite_score_fails_even_on_text_rendering(cell: str) -> None:
+    result = parse_critique(_t2i_raw(tr=cell), "t2i", allow_na="all")
+    assert not result.ok
+    assert "Text Rendering" in (result.error or "") and "non-finite" in (result.error or "")
+
+
+@pytest.mark.parametrize(("cell", "value"), [("3e0", 3.0), ("2.5e-1", 1.0), ("7e0", 4.0)])
+def test_finite_exponent_notation_is_read_and_clamped(cell: str, value: float) -> None:
+    assert parse_score(cell).value == value
+
+
+# --------------------------------------------------------------------------- several fields on a line
+
+
+def test_score_a_score_b_and_winner_on_one_line_are_all_read() -> None:
+    raw = _golden("pa_t2i_canonical_monday_mug").replace(
+        "## Score A: 3.4\n## Score B: 3.6\n## Winner: Image B", "## Score A: 3.4 ## Score B: 3.6 ## Winner: Image B")
+    result = parse_comparison(raw, "t2i")
+    assert result.ok, result.error
+    assert (result.scores_a["physical_quality"], result.scores_b["physical_quality"]) == (3.4, 3.6)
+    assert result.dimension_winners["physical_quality"] == "B"
+
+
+def test_prose_mentioning_a_score_inside_a_justification_is_not_split() -> None:
+    raw = _t2i_raw().replace("## Justification: a.", "## Justification: the score: 1 would be too harsh.")
+    result = parse_critique(raw, "t2i")
+    assert result.ok and result.scores["text_faithfulness"] == 3.0
+    assert result.justifications["text_faithfulness"] == "the score: 1 would be too harsh."
+
+
+# --------------------------------------------------------------------------- aggregation specs
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("text_faithfulness=nan", "finite"),
+        ("text_faithfulness=inf,physical_quality=1", "finite"),
+        ("text_faithfulness=1e999", "finite"),
+        ("text_faithfulness=-0.5", ">= 0"),
+        ("text_faithfulness=0,physical_quality=0", "every weight is 0"),
+        ("aesthetics=1", "aesthetics"),
+        ("text_faithfulness=1,text_faithfulness=2", "twice"),
+        ("text_faithfulness", "unknown aggregation preset"),
+        ("=2", "expected key=number"),
+    ],
+)
+def test_parse_aggregation_refuses_bad_specs_naming_the_problem(spec: str, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_aggregation(spec)
+    assert fragment in str(info.value)
+    with pytest.raises(ValueError):
+        get_aggregation(spec)
+
+
+def test_parse_aggregation_accepts_presets_weights_and_a_trailing_comma() -> None:
+    assert parse_aggregation("release-edit-rl") is PRESETS["release-edit-rl"]
+    custom = parse_aggregation(" text_faithfulness=2, physical_quality=0,")
+    assert custom.weights_for("t2i") == {"text_faithfulness": 2.0}
+
+
+@pytest.mark.parametrize("kwargs", [{"weights": {"text_faithfulness": float("nan")}}, {"tie_tolerance": -1.0},
+                                    {"tie_tolerance": float("inf")}, {"weights": {}}])
+def test_an_aggregation_object_checks_its_settings_when_built(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        Aggregation(**kwargs)

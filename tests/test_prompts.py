@@ -122,3 +122,58 @@ def test_user_template_sets_load_from_a_folder_and_are_validated(tmp_path, imgs)
     shutil.rmtree(folder)
     with pytest.raises(FileNotFoundError):
         TemplateSet.from_dir(folder)
+
+
+def _copy_default(folder):
+    src = resources.files("rationalrewards.critique") / "templates" / "default"
+    folder.mkdir()
+    for name in ("system_pointwise.txt", "t2i_pointwise.txt", "edit_pointwise.txt", "t2i_pairwise.txt", "edit_pairwise.txt"):
+        (folder / name).write_text((src / name).read_text())
+    return folder
+
+
+@pytest.mark.parametrize("how", ["absent", "empty", "whitespace"])
+def test_a_template_set_without_a_system_prompt_sends_one_user_turn(tmp_path, imgs, how):
+    """The release's older test-time layout: pointwise prompts are a single user message."""
+    folder = _copy_default(tmp_path / "single_turn")
+    if how == "absent":
+        (folder / "system_pointwise.txt").unlink()
+    else:
+        (folder / "system_pointwise.txt").write_text("" if how == "empty" else "  \n\n ")
+    ts = TemplateSet.from_dir(folder)
+    assert not ts.has_system
+    for task, images, sources in (("t2i", [imgs[0]], None), ("edit", [imgs[1]], [imgs[0]])):
+        msgs = build_messages(task, "pointwise", "a dog", images, sources, templates=ts)
+        assert [m["role"] for m in msgs] == ["user"], "no system turn at all, not an empty one"
+        assert message_images(msgs) == [*(sources or []), *images]
+        assert "User Instruction: a dog" in user_text(msgs)
+    # The default set keeps its system turn.
+    assert [m["role"] for m in build_messages("t2i", "pointwise", "a dog", [imgs[0]])] == ["system", "user"]
+
+
+@pytest.mark.parametrize("text", ["Judge {request} carefully.", "Look at <image> first."])
+def test_a_system_prompt_with_request_or_image_slots_is_refused_on_load(tmp_path, text):
+    folder = _copy_default(tmp_path / "bad_system")
+    (folder / "system_pointwise.txt").write_text(text)
+    with pytest.raises(ValueError, match="system_pointwise"):
+        TemplateSet.from_dir(folder)
+
+
+def test_a_template_that_is_not_utf8_is_refused_with_its_name(tmp_path):
+    folder = _copy_default(tmp_path / "latin1")
+    (folder / "t2i_pointwise.txt").write_bytes("Jugez \xe9 {request} <image>".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t2i_pointwise\.txt"):
+        TemplateSet.from_dir(folder)
+
+
+@pytest.mark.parametrize(("text", "position"), [("cat \ud800", 4), ("\udfff", 0), ("a dog\n\udc80 on grass", 6)])
+def test_a_request_with_a_lone_surrogate_is_refused_naming_the_position(imgs, text, position):
+    with pytest.raises(PromptInputError, match=f"not valid Unicode: lone surrogate U\\+[0-9A-F]{{4}} at position {position}"):
+        neutralize_request(text)
+    with pytest.raises(PromptInputError, match=r"^prompt is not valid Unicode"):
+        build_messages("t2i", "pointwise", text, [imgs[0]], request_name="prompt")
+
+
+def test_astral_characters_are_valid_text_not_surrogates(imgs):
+    msgs = build_messages("t2i", "pointwise", "a cat emoji 🐱 and 𝒳", [imgs[0]])
+    assert "a cat emoji 🐱 and 𝒳" in user_text(msgs)
