@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         RemotePointwiseReward,
         RewardOutput,
         make_flow_grpo_reward_fn,
+        make_flow_grpo_score_factory,
     )
     from .aggregation import DimensionAggregation, combine_dimensions, normalize_within_groups
     from .config import NFTConfig
@@ -34,6 +35,7 @@ _LAZY = {
     "combine_dimensions": ".aggregation",
     "normalize_within_groups": ".aggregation",
     "make_flow_grpo_reward_fn": ".adapters",
+    "make_flow_grpo_score_factory": ".adapters",
     "PointwiseReward": ".adapters",
     "GroupwiseReward": ".adapters",
     "RemotePointwiseReward": ".adapters",
@@ -64,5 +66,6 @@ __all__ = [
     "RewardOutput",
     "combine_dimensions",
     "make_flow_grpo_reward_fn",
+    "make_flow_grpo_score_factory",
     "normalize_within_groups",
 ]

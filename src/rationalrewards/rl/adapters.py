@@ -26,6 +26,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -88,6 +89,7 @@ def make_flow_grpo_reward_fn(
     dimension_scale: Literal["unit", "raw"] = "unit",
     na_value: float | None = DEFAULT_NA_VALUE,
     include_critiques: bool = True,
+    resize_sources: int | tuple[int, int] | None = None,
     **reward_kwargs: Any,
 ) -> Callable[..., tuple[Any, dict[str, Any]]]:
     """A flow_grpo / DiffusionNFT reward function: ``fn(images, prompts, metadata, ref_images=None)``.
@@ -112,6 +114,12 @@ def make_flow_grpo_reward_fn(
             mean, else this constant (a constant adds nothing to a group-normalised
             advantage); None keeps NaN.
         include_critiques: put every critique (as JSON) in ``meta["critiques"]``.
+        resize_sources: ``(width, height)`` (or one int for a square) to resize every source
+            image taken from ``metadata`` to before judging. flow_grpo's metadata holds the path
+            of the ORIGINAL source image, while its edit generator saw that image resized to
+            ``(resolution, resolution)``; pass ``resize_sources=config.resolution`` so the judge
+            compares the edit with the source the generator actually got. Sources passed as
+            ``ref_images`` are used as given.
 
     The function returns ``(scores, meta)`` with float32 numpy arrays and
     ``meta = {"valid", "filled_by", "failure_reasons", "stats", "critiques"}``. Sources come
@@ -121,6 +129,7 @@ def make_flow_grpo_reward_fn(
     if output not in ("dict", "array"):
         raise ValueError(f"output must be 'dict' or 'array', not {output!r}")
     keys_pinned = list(keys_for(task)) if task else None
+    resize_to = _size_pair(resize_sources)
 
     def reward_fn(images: Any, prompts: Sequence[str], metadata: Any = None, ref_images: Any = None,
                   **_: Any) -> tuple[Any, dict[str, Any]]:
@@ -128,7 +137,12 @@ def make_flow_grpo_reward_fn(
 
         prompt_list = list(prompts)
         n = len(prompt_list)
-        sources = ref_images if ref_images is not None else sources_from_metadata(metadata, n, source_keys, base_dir)
+        if ref_images is not None:
+            sources = ref_images
+        else:
+            sources = sources_from_metadata(metadata, n, source_keys, base_dir)
+            if sources is not None and resize_to is not None:
+                sources = [_resized_source(s, resize_to) for s in sources]
         meta_list = list(metadata) if isinstance(metadata, (list, tuple)) and len(metadata) == n else None
         batch = rr(images, prompt_list, sources=sources, metadata=meta_list)
         keys = keys_pinned or list(batch.scores)
@@ -148,6 +162,88 @@ def make_flow_grpo_reward_fn(
 
     reward_fn.reward = rr  # type: ignore[attr-defined]
     return reward_fn
+
+
+def _size_pair(size: int | tuple[int, int] | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"resize_sources must be a positive int or (width, height), not {size!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def _resized_source(source: Any, size: tuple[int, int]) -> Any:
+    """A metadata source (path, PIL image, array, or a list of them) resized as flow_grpo resizes
+    the generator's input (``PIL.Image.resize`` with its default filter). A source that cannot
+    be opened is passed on unchanged, so the reward reports it as that sample's failure."""
+    from PIL import Image
+
+    from .media import to_image
+
+    if source is None:
+        return None
+    if isinstance(source, (list, tuple)):
+        return [_resized_source(s, size) for s in source]
+    img = to_image(source)
+    if isinstance(img, (str, os.PathLike)) and not str(img).startswith("data:"):
+        try:
+            with Image.open(img) as opened:
+                img = opened.convert("RGB")
+        except OSError:
+            return source
+    if isinstance(img, Image.Image):
+        return img.convert("RGB").resize(size)
+    return source
+
+
+def make_flow_grpo_score_factory(
+    reward: Any = None,
+    *,
+    build: Callable[..., Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    **fn_kwargs: Any,
+) -> Callable[..., Callable[..., tuple[Any, dict[str, Any]]]]:
+    """An entry for flow_grpo's ``multi_score`` score table.
+
+    flow_grpo does not call a table entry as the reward: it calls it as a factory, ``fn(device)``
+    when the function has a ``device`` variable (it checks ``fn.__code__.co_varnames``) or else
+    ``fn()``, and then calls the function that returns as ``scores, meta = f(images, prompts,
+    metadata)``, multiplying ``scores`` by the entry's weight. This returns such a factory::
+
+        # in flow_grpo/rewards.py
+        from rationalrewards.rl import make_flow_grpo_score_factory
+        rationalrewards_score = make_flow_grpo_score_factory(
+            config={"base_url": "http://127.0.0.1:8000/v1", "model": "RationalRewards-8B-Edit"},
+            source_keys=("image",), base_dir="dataset/kontext", resize_sources=512)
+        # ... and in multi_score's table:  "rationalrewards": rationalrewards_score,
+        # config.reward_fn = {"rationalrewards": 1.0}
+
+    The judge comes from ``reward`` (a ``RationalReward``, ``RewardModel`` or ``RemoteReward``),
+    ``build(device)`` (called once, in the factory, so nothing connects at import), or
+    ``config`` (the keys of :func:`reward_from_config`). ``fn_kwargs`` go to
+    :func:`make_flow_grpo_reward_fn` (``task``, ``source_keys``, ``base_dir``,
+    ``resize_sources``, ``failure_policy``...); the returned function gives the scalar array
+    (``output="array"``). ``multi_score`` passes no ``ref_images`` to table entries, so edit
+    sources come from ``metadata`` (see ``resize_sources``).
+    """
+    given = sum(x is not None for x in (reward, build, config))
+    if given != 1:
+        raise TypeError("give exactly one of reward, build (a function of device) or config")
+    if "output" in fn_kwargs:
+        raise TypeError("a multi_score entry returns the scalar array; output cannot be changed")
+    _size_pair(fn_kwargs.get("resize_sources"))  # a bad size fails here, not at the first reward call
+
+    def rationalrewards_score(device: Any = None) -> Callable[..., tuple[Any, dict[str, Any]]]:
+        if build is not None:
+            judge = build(device)
+        elif config is not None:
+            judge = reward_from_config(dict(config))
+        else:
+            judge = reward
+        return make_flow_grpo_reward_fn(judge, output="array", **fn_kwargs)
+
+    return rationalrewards_score
 
 
 # -- Flow-Factory style --------------------------------------------------------------------------
@@ -179,30 +275,109 @@ _SHARED: dict[Hashable, RationalReward] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+# Flow-Factory's own reward-model key names (its built-in rational_rewards_t2i / _edit entries)
+# and ours: a Flow-Factory YAML switches to this reward by changing only ``reward_model``.
+FLOW_FACTORY_ALIASES: dict[str, str] = {
+    "api_base_url": "base_url",
+    "vlm_model": "model",
+    "max_concurrent": "concurrency",
+}
+# Read by the adapters themselves (ours), or Flow-Factory's aliases of them.
+_OUR_KEYS = frozenset({
+    "server_url", "token", "base_url", "model", "model_name_or_path", "api_key", "failure_policy", "aggregation",
+    "weights", "scores_only", "timeout", "concurrency", "max_retries", "temperature", "max_tokens", "aspects",
+    "device_map", "dimension", "na_value", "task",
+})
+# Fields of Flow-Factory's RewardArguments that Flow-Factory itself consumes (batching, device,
+# weighting): never a reason to warn.
+_FLOW_FACTORY_FIELDS = frozenset({
+    "name", "reward_model", "weight", "dtype", "device", "batch_size", "async_reward", "num_workers", "extra_kwargs",
+})
+
+
+def _config_keys(config: Any) -> list[str]:
+    """The keys a user wrote in a reward entry (Flow-Factory keeps unknown ones in extra_kwargs)."""
+    if config is None:
+        return []
+    if isinstance(config, Mapping):
+        return [str(k) for k in config]
+    extra = getattr(config, "extra_kwargs", None)
+    if isinstance(extra, Mapping):
+        return [str(k) for k in extra]
+    return [k for k in getattr(config, "__dict__", {}) if not k.startswith("_")]
+
+
+def _option(config: Any, name: str, default: Any = None) -> Any:
+    """Our key, else its Flow-Factory alias."""
+    value = _config_get(config, name)
+    if value is None:
+        for alias, ours in FLOW_FACTORY_ALIASES.items():
+            if ours == name:
+                value = _config_get(config, alias)
+                if value is not None:
+                    break
+    return default if value is None else value
+
+
+def _aspects_to_weights(aspects: Any) -> str:
+    """Flow-Factory's ``aspects`` (the dimensions to average, N/A skipped, mean mapped by
+    (m - 1) / 3) are equal weights on those dimensions."""
+    if isinstance(aspects, str):
+        aspects = [a.strip() for a in aspects.split(",") if a.strip()]
+    if not isinstance(aspects, (list, tuple)) or not aspects or not all(isinstance(a, str) for a in aspects):
+        raise ValueError(f"aspects must be a non-empty list of dimension names, not {aspects!r}")
+    unknown = [a for a in aspects if a not in DIMENSION_KEYS]
+    if unknown:
+        raise ValueError(f"unknown aspect(s) {unknown}; known: {', '.join(DIMENSION_KEYS)}")
+    return ",".join(f"{a}=1" for a in dict.fromkeys(aspects))
+
+
 def reward_from_config(config: Any, *, remote: bool | None = None) -> RationalReward:
-    """A :class:`RationalReward` from a Flow-Factory-style reward config (attributes or a dict).
+    """A :class:`RationalReward` from a Flow-Factory-style reward config (attributes, a dict, or
+    Flow-Factory's ``RewardArguments`` with its ``extra_kwargs``).
 
     Keys: ``server_url`` + ``token`` (a ``rationalrewards serve`` instance), or ``base_url`` +
     ``model`` (+ ``api_key``) for an OpenAI-compatible judge, or ``model`` alone for an
     in-process checkpoint; ``failure_policy``, ``aggregation``, ``weights``, ``scores_only``,
-    ``timeout``, ``concurrency``. Rewards built from equal settings are shared (one critique
+    ``timeout``, ``concurrency``, ``max_retries``, ``temperature``, ``max_tokens``.
+
+    Flow-Factory's own names for its built-in RationalRewards entries work too: ``api_base_url``
+    (= ``base_url``), ``vlm_model`` (= ``model``), ``max_concurrent`` (= ``concurrency``) and
+    ``aspects`` (the dimensions to average: equal ``weights`` on them). A key that nothing here
+    reads is reported with ``warnings.warn`` (Flow-Factory's own fields such as ``batch_size``,
+    ``device`` or ``weight`` are not). Rewards built from equal settings are shared (one critique
     per image even when several reward heads, e.g. one per dimension, read it).
     """
-    server_url = _config_get(config, "server_url")
+    ignored = [k for k in _config_keys(config)
+               if k not in _OUR_KEYS and k not in FLOW_FACTORY_ALIASES and k not in _FLOW_FACTORY_FIELDS]
+    if ignored:
+        warnings.warn(f"RationalRewards reward config: ignoring key(s) {sorted(ignored)} (nothing reads them; "
+                      f"known: {', '.join(sorted(_OUR_KEYS | set(FLOW_FACTORY_ALIASES)))})", UserWarning, stacklevel=3)
+    server_url = _option(config, "server_url")
     if remote and not server_url:
         raise ValueError("server_url is required for a remote RationalRewards reward")
-    base_url = _config_get(config, "base_url")
-    model = _config_get(config, "model") or _config_get(config, "model_name_or_path")
+    base_url = _option(config, "base_url")
+    model = _option(config, "model") or _config_get(config, "model_name_or_path")
+    weights = _config_get(config, "weights")
+    aspects = _config_get(config, "aspects")
+    if aspects is not None:
+        if weights is not None:
+            raise ValueError("give either aspects (Flow-Factory's name) or weights, not both")
+        weights = _aspects_to_weights(aspects)
     settings = {
         "failure_policy": _config_get(config, "failure_policy", ADAPTER_FAILURE_POLICY),
         "aggregation": _config_get(config, "aggregation", "sum"),
-        "weights": _config_get(config, "weights"),
+        "weights": weights,
         "scores_only": bool(_config_get(config, "scores_only", True)),
     }
     timeout = float(_config_get(config, "timeout", 300.0))
-    concurrency = int(_config_get(config, "concurrency", 32))
+    concurrency = int(_option(config, "concurrency", 32))
+    max_retries = _config_get(config, "max_retries")
+    sampling = {"temperature": _config_get(config, "temperature"), "max_tokens": _config_get(config, "max_tokens")}
     token = _config_get(config, "token")
-    key = (server_url, token, base_url, model, timeout, concurrency, json.dumps(settings, sort_keys=True, default=str))
+    api_key = _config_get(config, "api_key")
+    key = (server_url, token, base_url, model, api_key, timeout, concurrency, max_retries,
+           json.dumps([settings, sampling], sort_keys=True, default=str))
     with _SHARED_LOCK:
         if key in _SHARED:
             return _SHARED[key]
@@ -210,17 +385,24 @@ def reward_from_config(config: Any, *, remote: bool | None = None) -> RationalRe
         if server_url:
             from ..serve.client import RemoteReward
 
-            scorer = RemoteReward(server_url, token, timeout=timeout, concurrency=max(1, concurrency // 8))
-        elif base_url or model:
+            retries = {"max_retries": int(max_retries)} if max_retries is not None else {}
+            scorer = RemoteReward(server_url, token, timeout=timeout, concurrency=max(1, concurrency // 8), **retries)
+        elif base_url:
             from ..critique.model import RewardModel
 
-            if base_url:
-                scorer = RewardModel.from_openai(base_url, model, _config_get(config, "api_key"),
-                                                 backend_kwargs={"concurrency": concurrency, "timeout": timeout})
-            else:
-                scorer = RewardModel.from_pretrained(model, device=_config_get(config, "device_map", "auto"))
+            scorer = RewardModel.from_options(
+                base_url=base_url, model=model, api_key=api_key, concurrency=concurrency, timeout=timeout,
+                max_retries=None if max_retries is None else int(max_retries),
+                temperature=None if sampling["temperature"] is None else float(sampling["temperature"]),
+                max_tokens=None if sampling["max_tokens"] is None else int(sampling["max_tokens"]),
+            )
+        elif model:
+            from ..critique.model import RewardModel
+
+            scorer = RewardModel.from_pretrained(model, device=_config_get(config, "device_map", "auto"))
         else:
-            raise ValueError("a RationalRewards reward config needs server_url, base_url (+ model) or model")
+            raise ValueError("a RationalRewards reward config needs server_url, base_url (Flow-Factory: "
+                             "api_base_url) + model (vlm_model), or model alone")
         rr = RationalReward(scorer, memo_size=4096, **settings)
         _SHARED[key] = rr
         return rr
@@ -274,6 +456,10 @@ class PointwiseReward:
             dimension = _config_get(config, "dimension", dimension)
             na_value = _config_get(config, "na_value", na_value)
             task = _config_get(config, "task", task)
+            aspects = _config_get(config, "aspects")
+            if task is None and isinstance(aspects, (list, tuple)) and "image_faithfulness" in aspects:
+                # Image faithfulness exists only for edits: Flow-Factory's edit entry has no task key.
+                task = "edit"
         self.reward = _as_reward(reward, dict(reward_kwargs))
         if dimension != "reward" and dimension not in DIMENSION_KEYS:
             raise ValueError(f"dimension must be 'reward' or one of {', '.join(DIMENSION_KEYS)}, not {dimension!r}")
