@@ -340,9 +340,13 @@ def light_env(tmp_path: Path) -> dict[str, str]:
     (("critique", "--prompt", "p", "--image", "IMG", "--model", "org/judge"), "local"),
     (("serve", "--model", "org/judge"), "serve"),
     (("parrot", "train", "--data", "DIR", "--model", "org/student", "--out", "DIR/ckpt"), "local"),
-], ids=["critique_in_process", "serve", "parrot_train"])
+    (("rl", "train", "-c", "RL_CONFIG", "--output-dir", "DIR/rl", "--max-steps", "1"), "local"),
+    (("ui", "--demo"), "ui"),
+], ids=["critique_in_process", "serve", "parrot_train", "rl_train", "ui"])
 def test_missing_extra_names_it_and_exits_2(args, extra, light_env, folder: Path):
-    args = tuple(a.replace("IMG", str(folder / "img.png")).replace("DIR", str(folder)) for a in args)
+    rl_config = Path(__file__).resolve().parent.parent / "examples" / "rl_tiny_smoke.yaml"
+    args = tuple(a.replace("IMG", str(folder / "img.png")).replace("DIR", str(folder))
+                 .replace("RL_CONFIG", str(rl_config)) for a in args)
     res = run(*args, env=light_env)
     message = res.stdout + res.stderr
     assert res.returncode == 2, message

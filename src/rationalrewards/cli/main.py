@@ -31,6 +31,7 @@ _STAGE_COMMANDS = (
     "rationalrewards.curate.cli",
     "rationalrewards.localize.cli",
     "rationalrewards.demo.cli",
+    "rationalrewards.ui.cli",
 )
 for _module in _STAGE_COMMANDS:
     try:
