@@ -515,11 +515,16 @@ def _input_error(exc: BaseException) -> str:
     """The message of a per-item input error; exceptions that are not ours carry their type, so
     ``[Errno 36] File name too long`` still says what went wrong where."""
     if isinstance(exc, (ImageInputError, PromptInputError)):
-        return str(exc)
-    if isinstance(exc, UnicodeError):
-        return f"input is not valid Unicode: {exc}"
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ValueError) and type(exc) is ValueError else f"{type(exc).__name__}: {text}"
+        text = str(exc)
+    elif isinstance(exc, UnicodeError):
+        text = f"input is not valid Unicode: {exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+        if type(exc) is not ValueError:
+            text = f"{type(exc).__name__}: {text}"
+    # The message may quote the bad input (a path with a lone surrogate); escape what UTF-8
+    # cannot carry so the result itself can always be written as JSON.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _item_id(x: Any) -> str | None:
