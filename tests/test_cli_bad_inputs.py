@@ -359,3 +359,20 @@ def test_light_core_still_judges_over_http(light_env, folder: Path, server):
               "--model", "judge", "--json", env=light_env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["ok"] is True
+
+
+def test_an_input_with_no_usable_line_is_an_input_error(folder: Path, server):
+    empty = folder / "empty.jsonl"
+    empty.write_text("\n\n")
+    res = run("critique", "--input", str(empty), "--output", str(folder / "o.jsonl"), "--base-url", server.base_url,
+              "--model", "judge")
+    assert res.returncode == 2 and "no lines" in res.stderr
+    assert not (folder / "o.jsonl.settings.json").exists()
+    wrong = folder / "wrong.jsonl"
+    wrong.write_text("id,prompt,image\na,p,img.png\n")  # a CSV given as JSONL
+    out = folder / "o2.jsonl"
+    res = run("critique", "--input", str(wrong), "--output", str(out), "--base-url", server.base_url,
+              "--model", "judge")
+    assert res.returncode == 2 and "no usable line" in res.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["line-1", "line-2"] and all("not valid JSON" in r["error"] for r in rows)

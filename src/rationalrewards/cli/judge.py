@@ -202,6 +202,11 @@ def _batch(
         f"done: {counts['ok']} ok, {counts['parse']} parse failures, {counts['backend']} backend failures, "
         f"{counts['input']} bad inputs (failed items are retried when rerun)"
     )
+    if not rows:
+        # Not one usable line: the file as a whole is wrong (another format, the wrong file), so
+        # the run is an input error even without --strict; the reasons are in the output.
+        err_console.print(f"[bold red]error:[/] no usable line in {escape(str(input_path))}", highlight=False)
+        return EXIT_INPUT
     if strict and (counts["parse"] or counts["backend"] or counts["input"]):
         worst = max(("backend", 4), ("parse", 3), ("input", 2), key=lambda kv: (counts[kv[0]] > 0, kv[1]))
         return worst[1]
@@ -221,6 +226,8 @@ def _prepare_batch(
     try:
         rows = assign_ids(read_jsonl(input_path, required=required, problems=problems), input_path,
                           problems=problems)
+        if not rows and not problems:
+            fail(f"{input_path} has no lines to judge (one JSON object per line expected)", EXIT_INPUT)
         note = pin_settings(output, settings, overwrite=overwrite)
     except InputFileError as exc:
         fail(str(exc), EXIT_INPUT)
