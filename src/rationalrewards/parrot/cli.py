@@ -22,6 +22,7 @@ from ..cli.common import (
     emit_json,
     err_console,
     fail,
+    looks_like_missing_path,
     out_console,
 )
 
@@ -124,6 +125,8 @@ def _run_phases(phases: tuple[str, ...], o: dict[str, Any]) -> None:
                    "repredict_pointwise": o["repredict_pointwise"], "select": o["select"]},
         "sft": {"val_fraction": o["val_fraction"], "save_hf_dataset": o["save_hf_dataset"]},
     }
+    if not o["teacher_base_url"] and o["teacher_model"] and looks_like_missing_path(o["teacher_model"]):
+        fail(f"--teacher-model: no model folder at {o['teacher_model']} (a hub id looks like ORG/NAME)", EXIT_INPUT)
     try:
         cfg = resolve_config(yaml_path=o["config"], overrides=overrides)
         if not cfg.out:
@@ -248,6 +251,9 @@ def train(
     """Fine-tune the student on DIR/sft (TRL SFTTrainer, assistant-only loss)."""
     from .config import ConfigError, ParrotConfig, TrainConfig, read_yaml
     from .train import TrainError, train_student
+
+    if model is not None and looks_like_missing_path(model):
+        fail(f"--model: no model folder at {model} (a hub id looks like ORG/NAME)", EXIT_INPUT)
 
     try:
         yaml_train = (read_yaml(config).get("train") or {}) if config else {}
