@@ -297,7 +297,7 @@ def test_monitor_state_round_trips():
 
 # -- rewards and data -----------------------------------------------------------------------------
 def test_scored_batch_accepts_reward_batches_dicts_and_plain_lists():
-    from rationalrewards.rl.trainer import ScoredBatch
+    from rationalrewards.rl.rewarding import ScoredBatch
 
     class Batch:
         rewards = [0.1, 0.5, 0.7]
@@ -321,7 +321,7 @@ def test_prompt_rows_key_edits_by_source_content_and_skip_bad_rows(tmp_path: Pat
     from PIL import Image
 
     from rationalrewards.io import InputFileError
-    from rationalrewards.rl.trainer import load_prompt_rows
+    from rationalrewards.rl.data import load_prompt_rows
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
     Image.new("RGB", (8, 8), "blue").save(tmp_path / "b.png")

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("auto", "flux", "flux-kontext", "sd3")
+
+def family_choices() -> tuple[str, ...]:
+    """``auto`` and every registered pipeline family (:mod:`rationalrewards.rl.families`)."""
+    from .families import family_names
+
+    return ("auto", *family_names())
+
+
 TASKS = ("auto", "t2i", "edit")
 SAMPLERS = ("euler", "heun")
 ADV_STD = ("global", "group")
@@ -59,7 +66,8 @@ class NFTConfig:
     pretrained_model: str = ""
     """diffusers pipeline folder or hub id (FLUX.1-dev, FLUX.1-Kontext-dev, SD3.5, ...)."""
     pipeline_family: str = "auto"
-    """auto | flux | flux-kontext | sd3 (auto: from the pipeline class)."""
+    """auto | flux | flux-kontext | sd3 | qwen-image | qwen-image-edit (auto: from the pipeline
+    class); families registered with ``register_family`` are accepted too."""
     revision: str | None = None
     dtype: str = "auto"
     """Frozen base weights: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16.
@@ -270,7 +278,7 @@ class NFTConfig:
             return ConfigError(f"config field {name!r}: {why} (got {getattr(self, name)!r})")
 
         choices = {
-            "pipeline_family": FAMILIES, "task": TASKS, "sampler": SAMPLERS, "adv_std": ADV_STD,
+            "pipeline_family": family_choices(), "task": TASKS, "sampler": SAMPLERS, "adv_std": ADV_STD,
             "loss_weighting": WEIGHTINGS, "timestep_sampling": TIMESTEP_SAMPLING, "reward_kind": REWARD_KINDS,
             "dtype": DTYPES, "reward_aggregation": ("sum", "gdpo"),
         }

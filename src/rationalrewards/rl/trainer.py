@@ -27,384 +27,36 @@ its share of the groups, rewards are gathered for the statistics and gradients a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 import json
 import math
-import os
 import random
-import shutil
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..critique.model import BackgroundLoop
-from ..io import InputFileError, atomic_write_json, atomic_write_text, read_jsonl
-from . import nft, safe_state
+from ..io import atomic_write_json, atomic_write_text
+from . import nft
+from .checkpoint import CHECKPOINT_PREFIX, CheckpointMixin, TrainState
 from .config import ConfigError, NFTConfig
+from .data import PromptRow, load_prompt_rows
 from .monitor import RewardHackingMonitor
+from .rewarding import (
+    BrightnessReward,
+    RewardClient,
+    RewardUnavailableError,
+    ScoredBatch,
+    _float,
+    build_reward,
+)
+from .run_log import RunLogger
+from .sampling import GroupSampler
 
-SOURCE_KEYS = ("source", "source_image", "image_path", "image")
-CHECKPOINT_PREFIX = "step-"
-
-
-class RewardUnavailableError(RuntimeError):
-    """No sample of several consecutive iterations got a valid reward (the judge is down or broken)."""
-
-
-# -- data ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PromptRow:
-    """One prompt group: the request, its source image for edits, and the group key."""
-
-    id: str
-    prompt: str
-    source: str | None
-    key: str
-
-
-def group_key(prompt: str, source_sha256: str | None) -> str:
-    """Groups are keyed by the prompt AND the source image's content: the same instruction on two
-    different sources is two groups."""
-    h = hashlib.sha256(prompt.encode("utf-8"))
-    h.update(b"\0" + (source_sha256 or "").encode("ascii"))
-    return h.hexdigest()[:24]
-
-
-def load_prompt_rows(
-    path: str | Path,
-    *,
-    task: str,
-    prompt_key: str = "prompt",
-    source_key: str | None = None,
-) -> tuple[list[PromptRow], list[dict[str, Any]]]:
-    """Read a prompt JSONL; returns (usable rows, skipped rows with a ``reason``).
-
-    Edit rows need a readable source image (``source_key``, or the first of
-    source/source_image/image_path/image); paths are relative to the JSONL's folder. A row
-    with a bad image is skipped with its reason, not fatal; no usable row at all is.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    rows = read_jsonl(path)
-    out: list[PromptRow] = []
-    skipped: list[dict[str, Any]] = []
-    for row in rows:
-        line = row.get("_line")
-        rid = str(row.get("id") if row.get("id") not in (None, "") else f"line-{line}")
-        prompt = row.get(prompt_key)
-        if not isinstance(prompt, str) or not prompt.strip():
-            skipped.append({"id": rid, "line": line, "reason": f"missing or empty {prompt_key!r}"})
-            continue
-        source_path: str | None = None
-        source_sha: str | None = None
-        if task == "edit":
-            keys = [source_key] if source_key else list(SOURCE_KEYS)
-            value = next((row[k] for k in keys if row.get(k) not in (None, "")), None)
-            if isinstance(value, list):
-                value = value[0] if len(value) == 1 else None
-            if not isinstance(value, str):
-                skipped.append({"id": rid, "line": line, "reason": f"edit row needs one source image path in {keys}"})
-                continue
-            p = Path(value).expanduser()
-            if not p.is_absolute():
-                p = path.parent / p
-            try:
-                data = p.read_bytes()
-                with Image.open(p) as img:
-                    img.verify()
-            except (OSError, UnidentifiedImageError) as exc:
-                skipped.append({"id": rid, "line": line, "reason": f"unreadable source image {str(p)!r}: {exc}"})
-                continue
-            source_path, source_sha = str(p), hashlib.sha256(data).hexdigest()
-        out.append(PromptRow(id=rid, prompt=prompt, source=source_path, key=group_key(prompt, source_sha)))
-    if not out:
-        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3])
-        raise InputFileError(f"{path}: no usable prompt rows" + (f" ({reasons})" if reasons else ""))
-    return out, skipped
-
-
-def _open_source(path: str) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
-# -- rewards ------------------------------------------------------------------------------------
-@dataclass
-class ScoredBatch:
-    """A reward result in the trainer's terms (any reward object is normalised to this)."""
-
-    rewards: list[float]
-    valid: list[bool]
-    base: list[float]
-    scores: dict[str, list[float]]
-    failure_kinds: list[str | None]
-    critiques: list[Any] | None = None
-
-    @classmethod
-    def from_result(cls, result: Any, n: int) -> ScoredBatch:
-        """Accepts a :class:`~rationalrewards.rl.RewardBatch`, anything with ``rewards`` (and
-        optionally ``valid``, ``scores``, ``base_rewards``, ``critiques``), a dict with those
-        keys, or a plain sequence of floats."""
-        if isinstance(result, dict):
-            get = result.get
-        elif hasattr(result, "rewards"):
-            def get(k: str, d: Any = None) -> Any:
-                return getattr(result, k, d)
-        else:
-            values = list(result)
-            result = {"rewards": values}
-            get = result.get
-        rewards = [_float(x) for x in list(get("rewards"))]
-        if len(rewards) != n:
-            raise ValueError(f"reward returned {len(rewards)} values for {n} images")
-        valid_in = get("valid")
-        valid = [bool(v) for v in valid_in] if valid_in is not None else [not math.isnan(r) for r in rewards]
-        valid = [v and not math.isnan(r) for v, r in zip(valid, rewards, strict=True)]
-        rewards = [r if v else math.nan for r, v in zip(rewards, valid, strict=True)]
-        base_in = get("base_rewards")
-        base = [_float(b) for b in base_in] if base_in is not None else list(rewards)
-        base = [b if v else math.nan for b, v in zip(base, valid, strict=True)]
-        scores = {str(k): [_float(x) for x in col] for k, col in dict(get("scores") or {}).items()}
-        critiques = get("critiques")
-        kinds: list[str | None]
-        if hasattr(result, "failure_kinds") and callable(result.failure_kinds):
-            kinds = list(result.failure_kinds())
-        elif critiques is not None:
-            kinds = [None if ok else (getattr(c, "error_kind", None) or "invalid") for c, ok in zip(critiques, valid, strict=True)]
-        else:
-            kinds = [None if ok else "invalid" for ok in valid]
-        kinds = [None if ok else (k or "invalid") for k, ok in zip(kinds, valid, strict=True)]
-        return cls(rewards, valid, base, scores, kinds, list(critiques) if critiques is not None else None)
-
-    @staticmethod
-    def concat(parts: Sequence[ScoredBatch]) -> ScoredBatch:
-        keys: list[str] = []
-        for p in parts:
-            keys.extend(k for k in p.scores if k not in keys)
-        scores = {k: [x for p in parts for x in p.scores.get(k, [math.nan] * len(p.rewards))] for k in keys}
-        has_crit = any(p.critiques is not None for p in parts)
-        return ScoredBatch(
-            rewards=[x for p in parts for x in p.rewards],
-            valid=[x for p in parts for x in p.valid],
-            base=[x for p in parts for x in p.base],
-            scores=scores,
-            failure_kinds=[x for p in parts for x in p.failure_kinds],
-            critiques=[c for p in parts for c in (p.critiques or [None] * len(p.rewards))] if has_crit else None,
-        )
-
-
-def _float(x: Any) -> float:
-    try:
-        return float(x) if x is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-class BrightnessReward:
-    """A deterministic test reward: mean luminance in [0, 1], reported as dimension ``brightness``.
-
-    It follows the reward protocol the trainer expects (``async score(images, prompts,
-    sources=None, group_ids=None)``), so it stands in for the judge in tests and benchmarks.
-    """
-
-    async def score(self, images: Sequence[Any], prompts: Sequence[str], sources: Any = None,
-                    group_ids: Sequence[Any] | None = None) -> dict[str, Any]:
-        from PIL import ImageStat
-
-        values = [ImageStat.Stat(img.convert("L")).mean[0] / 255.0 for img in images]
-        return {"rewards": values, "valid": [True] * len(values), "scores": {"brightness": list(values)}}
-
-
-class RewardClient:
-    """Runs any supported reward object in the background and returns futures.
-
-    Supported: objects with ``submit(images, prompts, sources=, group_ids=)`` returning a
-    future (:class:`~rationalrewards.rl.RationalReward`), objects with an ``async score(...)``,
-    or plain callables ``fn(images, prompts, sources) -> rewards``.
-    """
-
-    def __init__(self, reward: Any) -> None:
-        self.reward = reward
-        self._loop: BackgroundLoop | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    def submit(self, images: list[Any], prompts: list[str], sources: list[Any] | None,
-               group_ids: list[str]) -> Future[Any]:
-        r = self.reward
-        if hasattr(r, "submit"):
-            return r.submit(images, prompts, sources=sources, group_ids=group_ids)
-        score = getattr(r, "score", None)
-        if score is not None and inspect.iscoroutinefunction(score):
-            if self._loop is None:
-                self._loop = BackgroundLoop("nft-reward-loop")
-            coro = score(images, prompts, sources=sources, group_ids=group_ids)
-            return asyncio.run_coroutine_threadsafe(coro, self._loop.loop)
-        fn = score if score is not None else r
-        if not callable(fn):
-            raise TypeError(f"unsupported reward object {type(r).__name__}: give it submit(), async score() or __call__")
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nft-reward")
-        return self._pool.submit(fn, images, prompts, sources)
-
-    def close(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-            self._loop = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-
-def build_reward(cfg: NFTConfig) -> Any:
-    """The reward object named by the config's ``reward_*`` fields."""
-    kind = cfg.reward_kind
-    if kind == "brightness":
-        return BrightnessReward()
-    if kind == "python":
-        import importlib
-
-        module, _, name = (cfg.reward_target or "").partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"reward_target {cfg.reward_target!r} cannot be imported: {exc}") from None
-        return factory(**cfg.reward_kwargs)
-    from .reward import RationalReward
-
-    if kind == "server":
-        from ..serve.client import RemoteReward
-
-        scorer: Any = RemoteReward(cfg.reward_server_url or "", cfg.reward_token, timeout=cfg.reward_timeout,
-                                   max_retries=cfg.reward_max_retries, concurrency=max(1, cfg.reward_concurrency // 4),
-                                   aggregation=cfg.reward_weights)
-    else:
-        from ..backends import SamplingParams
-        from ..critique.model import RewardModel
-
-        scorer = RewardModel.from_options(
-            base_url=cfg.reward_base_url, model=cfg.reward_model,
-            api_key=cfg.reward_api_key or os.environ.get("OPENAI_API_KEY"),
-            concurrency=cfg.reward_concurrency, timeout=cfg.reward_timeout, max_retries=cfg.reward_max_retries,
-            device=cfg.reward_device, dtype=cfg.reward_dtype,
-            aggregation=cfg.reward_weights or "default",
-            sampling=SamplingParams(temperature=cfg.reward_temperature, max_tokens=cfg.reward_max_tokens),
-        )
-    return RationalReward(scorer, failure_policy=cfg.reward_failure_policy, scores_only=cfg.reward_scores_only,
-                          aggregation=cfg.reward_aggregation, weights=cfg.reward_weights,
-                          concurrency=cfg.reward_concurrency)
-
-
-# -- logging ------------------------------------------------------------------------------------
-class RunLogger:
-    """JSONL files in the run folder, TensorBoard when installed, W&B when asked (main process only).
-
-    On resume from step S every JSONL log is cut back to rows with ``step <= S`` and TensorBoard
-    purges later events, so a killed-and-restarted run has each step logged once.
-    """
-
-    FILES = ("metrics.jsonl", "eval.jsonl", "flags.jsonl", "samples.jsonl")
-
-    def __init__(self, out_dir: Path, cfg: NFTConfig, *, enabled: bool, resume_step: int | None,
-                 echo: Callable[[str], None] | None) -> None:
-        self.out_dir = out_dir
-        self.enabled = enabled
-        self.echo = echo
-        self.tb: Any = None
-        self.wandb: Any = None
-        self.notes: list[str] = []
-        if not enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.FILES:
-            path = out_dir / name
-            if resume_step is None:
-                path.unlink(missing_ok=True)
-            elif path.exists():
-                keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if _row_step(line) is not None and _row_step(line) <= resume_step]  # type: ignore[operator]
-                atomic_write_text(path, "".join(line + "\n" for line in keep))
-        if "tensorboard" in cfg.report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"),
-                                        purge_step=(resume_step + 1) if resume_step is not None else None)
-            except ImportError:
-                self.notes.append("tensorboard is not installed; logging to JSONL only (pip install tensorboard)")
-        if "wandb" in cfg.report_to:
-            try:
-                import wandb
-
-                self.wandb = wandb.init(project=cfg.wandb_project or "rationalrewards-rl", config=cfg.to_dict(),
-                                        dir=str(out_dir), resume="allow")
-            except ImportError:
-                self.notes.append("wandb is not installed; skipping W&B logging (pip install wandb)")
-        for note in self.notes:
-            self._say(f"note: {note}")
-
-    def _say(self, text: str) -> None:
-        if self.echo is not None:
-            self.echo(text)
-
-    def log(self, name: str, row: dict[str, Any], *, scalars: bool = True) -> None:
-        """Append one row to ``name`` (flushed and fsynced); numeric fields also go to
-        TensorBoard / W&B unless ``scalars`` is False."""
-        if not self.enabled:
-            return
-        self.append(name, [row])
-        if not scalars:
-            return
-        step = int(row.get("step", 0))
-        prefix = "" if name == "metrics.jsonl" else name.split(".")[0] + "/"
-        numeric = {prefix + k: float(v) for k, v in row.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        if self.tb is not None:
-            for k, v in numeric.items():
-                self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-        if self.wandb is not None:
-            self.wandb.log(numeric, step=step)
-
-    def append(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Append rows to a JSONL log with one write and one fsync."""
-        if not self.enabled or not rows:
-            return
-        with (self.out_dir / name).open("a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-        if self.wandb is not None:
-            self.wandb.finish()
-            self.wandb = None
-
-
-def _row_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, set):
-        return sorted(obj)
-    return str(obj)
+__all__ = ["BrightnessReward", "NFTTrainer", "RewardUnavailableError", "TrainState"]
 
 
 def _seed(*parts: Any) -> int:
@@ -418,28 +70,8 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(good) if good else math.nan
 
 
-# -- the trainer ----------------------------------------------------------------------------------
-@dataclass
-class TrainState:
-    """Everything besides tensors that a resume needs."""
 
-    step: int = 0
-    epoch: int = 0
-    cursor: int = 0
-    retired: set[str] = field(default_factory=set)
-    failed_streak: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "retired": sorted(self.retired),
-                "failed_streak": self.failed_streak}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainState:
-        return cls(int(d["step"]), int(d["epoch"]), int(d["cursor"]), set(d.get("retired", [])),
-                   int(d.get("failed_streak", 0)))
-
-
-class NFTTrainer:
+class NFTTrainer(CheckpointMixin):
     """DiffusionNFT with LoRA on a diffusers flow-matching pipeline.
 
     Args:
@@ -499,7 +131,7 @@ class NFTTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             params = nft.add_lora_adapters(transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                           target_modules=cfg.lora_target_modules, dropout=cfg.lora_dropout)
+                                           target_modules=self.lora_targets(), dropout=cfg.lora_dropout)
         if cfg.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
             transformer.enable_gradient_checkpointing()
         transformer.train()
@@ -513,12 +145,12 @@ class NFTTrainer:
         self.ema = nft.snapshot(self.policy) if cfg.ema_decay > 0 else None
 
         self.rows, skipped = load_prompt_rows(cfg.train_data, task=self.task, prompt_key=cfg.prompt_key,
-                                              source_key=cfg.source_key)
+                                              source_key=cfg.source_key, max_sources=self.family.max_sources)
         self.eval_rows: list[PromptRow] = []
         eval_skipped: list[dict[str, Any]] = []
         if cfg.eval_data:
             self.eval_rows, eval_skipped = load_prompt_rows(cfg.eval_data, task=self.task, prompt_key=cfg.prompt_key,
-                                                            source_key=cfg.source_key)
+                                                            source_key=cfg.source_key, max_sources=self.family.max_sources)
             if cfg.eval_max_prompts:
                 self.eval_rows = self.eval_rows[: cfg.eval_max_prompts]
         self.skipped = {"train": skipped, "eval": eval_skipped}
@@ -532,8 +164,19 @@ class NFTTrainer:
         self.last_metrics: dict[str, Any] = {}
         self.last_eval: dict[str, Any] | None = None
         self._sigmas = self.family.sampling_sigmas(cfg.num_inference_steps)
+        self.sampler = GroupSampler(self.family, self.transformer, acc, self.client, self._sigmas, task=self.task,
+                                    batch_size=cfg.sample_batch_size, sampler=cfg.sampler, say=self._say)
 
     # -- setup helpers --------------------------------------------------------------------------
+    def lora_targets(self) -> list[str]:
+        """The config's ``lora_target_modules``, or the family's own when the config keeps the default."""
+        from .config import DEFAULT_LORA_TARGETS
+
+        targets = list(self.cfg.lora_target_modules)
+        if targets == list(DEFAULT_LORA_TARGETS) and self.family.default_lora_targets is not None:
+            return list(self.family.default_lora_targets)
+        return targets
+
     def _resolve_dtype(self) -> Any:
         import torch
 
@@ -599,21 +242,6 @@ class NFTTrainer:
         return out
 
     # -- generation -----------------------------------------------------------------------------
-    def _encode(self, rows: Sequence[PromptRow]) -> tuple[nft.Cond, list[Any] | None]:
-        cond = self.family.encode_prompts([r.prompt for r in rows])
-        sources = None
-        if self.task == "edit":
-            sources = [_open_source(r.source) for r in rows]  # type: ignore[arg-type]
-            cond = cond.merge(self.family.encode_sources(sources))
-        return cond, sources
-
-    def _velocity_fn(self, cond: nft.Cond) -> Callable[[Any, Any], Any]:
-        def velocity(x: Any, sigma: Any) -> Any:
-            with self.accelerator.autocast():
-                return self.family.velocity(self.transformer, x.to(self.device), sigma.to(self.device), cond)
-
-        return velocity
-
     def _generate(
         self,
         rows: Sequence[PromptRow],
@@ -623,57 +251,8 @@ class NFTTrainer:
         *,
         tag: str,
     ) -> tuple[Any, nft.Cond, Any, list[Any], list[ScoredBatch], dict[str, float]]:
-        """Sample ``per_row`` images per row from ``noise`` with ``adapter``, scoring finished
-        groups in the background. Returns (x0, group cond, sample->group index, images, scored
-        parts, timings)."""
-        import torch
-
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        cond, sources = self._encode(rows)
-        sample_group = torch.arange(len(rows)).repeat_interleave(per_row)
-        n = len(rows) * per_row
-        prompts = [rows[int(g)].prompt for g in sample_group]
-        keys = [rows[int(g)].key for g in sample_group]
-        srcs = [sources[int(g)] for g in sample_group] if sources is not None else None
-        x0_parts: list[Any] = []
-        images: list[Any] = []
-        futures: list[Future[Any]] = []
-        spans: list[tuple[int, int]] = []
-        done_groups = 0
-        nft.activate(self.transformer, adapter)
-        try:
-            with torch.no_grad():
-                for idx in nft.chunks(range(n), cfg.sample_batch_size):
-                    sel = torch.tensor(idx)
-                    x = noise.index_select(0, sel).to(self.device)
-                    velocity = self._velocity_fn(cond.take(sample_group.index_select(0, sel)))
-                    x0 = nft.ode_sample(velocity, x, self._sigmas, sampler=cfg.sampler)
-                    x0_parts.append(x0)
-                    images.extend(self.family.decode(x0))
-                    complete = len(images) // per_row
-                    if complete > done_groups:
-                        a, b = done_groups * per_row, complete * per_row
-                        futures.append(self.client.submit(
-                            images[a:b], prompts[a:b], srcs[a:b] if srcs is not None else None, keys[a:b]))
-                        spans.append((a, b))
-                        done_groups = complete
-        finally:
-            nft.activate(self.transformer, nft.POLICY)
-        t1 = time.perf_counter()
-        parts = []
-        for (a, b), fut in zip(spans, futures, strict=True):
-            try:
-                parts.append(ScoredBatch.from_result(fut.result(), b - a))
-            except Exception as exc:
-                # One failed reward call masks its samples, it does not kill the run; the
-                # consecutive-failure guard stops a run whose judge is gone.
-                self._say(f"warning: {tag} reward call failed for samples {a}-{b}: {type(exc).__name__}: {exc}")
-                parts.append(ScoredBatch([math.nan] * (b - a), [False] * (b - a), [math.nan] * (b - a), {},
-                                         ["reward-error"] * (b - a)))
-        t2 = time.perf_counter()
-        x0_all = torch.cat(x0_parts)
-        return x0_all, cond, sample_group, images, parts, {"sample_s": t1 - t0, "reward_wait_s": t2 - t1}
+        """Sample and score whole groups (see :meth:`GroupSampler.generate`)."""
+        return self.sampler.generate(rows, per_row, noise, adapter, tag=tag)
 
     # -- one iteration --------------------------------------------------------------------------
     def step(self) -> dict[str, Any] | None:
@@ -994,135 +573,6 @@ class NFTTrainer:
         self._say(f"eval step {step}: reward {result['reward_mean']:.4f} over {n} images "
                   f"(failures {result['failure_rate']:.1%})")
         return result
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-NNNNNN`` atomically (adapters, EMA, optimiser, RNG, data state)
-        and point ``checkpoints/latest`` at it. Every process saves its RNG state; the main
-        process writes the rest."""
-        from safetensors.torch import save_file
-
-        acc = self.accelerator
-        root = self.checkpoint_dir()
-        name = f"{CHECKPOINT_PREFIX}{self.state.step:06d}"
-        final = root / name
-        tmp = root / f".{name}.tmp"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        safe_state.save_rng_state(tmp, self.rank)
-        if acc.is_main_process:
-            tensors = {f"policy/{k}": v.detach().float().contiguous().cpu() for k, v in self.policy.items()}
-            tensors.update({f"old/{k}": v.detach().float().contiguous().cpu() for k, v in self.old.items()})
-            if self.ema is not None:
-                tensors.update({f"ema/{k}": v.contiguous().cpu() for k, v in self.ema.items()})
-            save_file(tensors, str(tmp / "adapters.safetensors"))
-            safe_state.save_optimizer_state(self.optimizer, tmp)
-            atomic_write_json(tmp / "state.json", {
-                **self.state.to_json(),
-                "monitor": self.monitor.state_dict(),
-                "fingerprint": self.cfg.fingerprint(),
-                "world_size": self.world,
-                "last_eval": self.last_eval,
-            })
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(root / "latest", name + "\n")
-            self._prune_checkpoints()
-        acc.wait_for_everyone()
-        return final
-
-    def _prune_checkpoints(self) -> None:
-        limit = self.cfg.save_total_limit
-        if not limit:
-            return
-        found = sorted(p for p in self.checkpoint_dir().glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
-        for old in found[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def find_checkpoint(self) -> Path | None:
-        """The checkpoint ``resume`` points at (auto: the latest complete one in output_dir)."""
-        mode = self.cfg.resume
-        if mode == "never":
-            return None
-        if mode != "auto":
-            path = Path(mode)
-            if not (path / "state.json").is_file():
-                raise ConfigError(f"resume: {path} is not a checkpoint folder (no state.json)")
-            return path
-        latest = self.checkpoint_dir() / "latest"
-        if latest.is_file():
-            path = self.checkpoint_dir() / latest.read_text(encoding="utf-8").strip()
-            if (path / "state.json").is_file():
-                return path
-        found = sorted(p for p in self.checkpoint_dir().glob(f"{CHECKPOINT_PREFIX}*")
-                       if (p / "state.json").is_file()) if self.checkpoint_dir().is_dir() else []
-        return found[-1] if found else None
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote; the next iteration is then identical
-        to the one the original run would have taken."""
-        path = Path(path)
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        mismatched = {k: (v, meta.get("fingerprint", {}).get(k)) for k, v in self.cfg.fingerprint().items()
-                      if k in meta.get("fingerprint", {}) and meta["fingerprint"][k] != v}
-        if mismatched:
-            details = ", ".join(f"{k}: checkpoint {b!r} vs config {a!r}" for k, (a, b) in mismatched.items())
-            raise ConfigError(f"checkpoint {path} was made with a different configuration ({details})")
-        tensors = safe_state.load_tensors(path / "adapters.safetensors")
-        nft.copy_into(self.policy, {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")})
-        nft.copy_into(self.old, {k[len("old/"):]: v for k, v in tensors.items() if k.startswith("old/")})
-        ema = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
-        if self.ema is not None:
-            if ema:
-                nft.copy_into(self.ema, ema)
-            else:
-                self.ema = nft.snapshot(self.policy)
-        # Nothing in a run folder is unpickled: it may come from elsewhere (safe_state explains).
-        safe_state.load_optimizer_state(self.optimizer, path)
-        self.state = TrainState.from_json(meta)
-        self.monitor.load_state_dict(meta.get("monitor", {}))
-        self.last_eval = meta.get("last_eval")
-        if safe_state.has_rng_state(path, self.rank):
-            safe_state.load_rng_state(path, self.rank)
-
-    # -- export ---------------------------------------------------------------------------------
-    def export_lora(self, out: str | Path, *, weights: str = "policy") -> Path:
-        """Save the trained adapter (``policy``) or its EMA (``ema``) in diffusers' LoRA format,
-        loadable with ``pipe.load_lora_weights(out)``."""
-        from peft.utils import get_peft_model_state_dict
-
-        out = Path(out)
-        saved = None
-        if weights == "ema":
-            if self.ema is None:
-                raise ValueError("no EMA weights (ema_decay is 0)")
-            saved = nft.snapshot(self.policy)
-            nft.copy_into(self.policy, self.ema)
-        try:
-            state = get_peft_model_state_dict(self.transformer, adapter_name=nft.POLICY)
-            state = {k: v.detach().float().contiguous().cpu() for k, v in state.items()}
-            saver = getattr(type(self.pipe), "save_lora_weights", None)
-            out.mkdir(parents=True, exist_ok=True)
-            if saver is not None:
-                saver(str(out), transformer_lora_layers=state)
-            else:  # pragma: no cover - every supported family has a LoRA loader
-                from safetensors.torch import save_file
-
-                save_file(state, str(out / "pytorch_lora_weights.safetensors"))
-        finally:
-            if saved is not None:
-                nft.copy_into(self.policy, saved)
-        return out
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
