@@ -244,10 +244,13 @@ def thumbnail_data_url(path: str | Path | None, side: int = 192) -> str | None:
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-.plots img{max-width:48%;margin:4px;border:1px solid #ddd}
-.ex{display:flex;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}
-.ex img{width:192px;height:auto;flex:none}.ex .noimg{width:192px;height:120px;background:#eee;flex:none;
+table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plots figure{margin:0;flex:1 1 320px;max-width:100%}
+.plots img{width:100%;height:auto;border:1px solid #ddd}
+figure{margin:0}figcaption{font-size:12px;color:#555;overflow-wrap:anywhere}p,b,small,pre{overflow-wrap:anywhere}
+@media (max-width:600px){body{margin:12px}.ex figure,.ex img{width:150px}}
+.ex{display:flex;flex-wrap:wrap;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}.ex>div{min-width:0;flex:1 1 220px}
+.ex figure{flex:none;width:192px;max-width:100%}.ex img{width:192px;max-width:100%;height:auto}.ex .noimg{width:192px;height:120px;background:#eee;flex:none;
 display:flex;align-items:center;justify-content:center;color:#888}
 .reason{color:#b22}.kept{color:#2e8b57}small{color:#666}pre{white-space:pre-wrap;margin:4px 0}
 """
@@ -270,9 +273,16 @@ def _fmt(value: Any) -> str:
     return "N/A" if value is None else f"{value:.2f}" if isinstance(value, float) else _e(value)
 
 
-def _example_html(row: dict[str, Any], image_path: str | None) -> str:
+def _example_html(row: dict[str, Any], image_path: str | None, source_paths: list[str | None] | None = None) -> str:
+    srcs = source_paths or []
+    source_figs = "".join(
+        f'<figure><img src="{t}" alt="source"><figcaption>{"source" if len(srcs) == 1 else f"source {k + 1}"}'
+        '</figcaption></figure>' if (t := thumbnail_data_url(p)) else '<div class="noimg">no source image</div>'
+        for k, p in enumerate(srcs))
     thumb = thumbnail_data_url(image_path)
-    img = f'<img src="{thumb}" alt="">' if thumb else '<div class="noimg">no image</div>'
+    img = f'<img src="{thumb}" alt="{_e(row.get("id"))}">' if thumb else '<div class="noimg">no image</div>'
+    caption = f"{'kept' if row.get('kept') else 'rejected'} · reward {_fmt(row.get('reward'))}"
+    img = f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
     critique = row["critique"]
     scores = row.get("scores") or {}
     keys = [k for k in _task_keys(critique.get("task")) if k in scores]
@@ -288,7 +298,7 @@ def _example_html(row: dict[str, Any], image_path: str | None) -> str:
         detail = f"<pre>{_e((critique.get('raw') or '')[:400])}</pre>"
     reward = row.get("reward")
     return (
-        f'<div class="ex">{img}<div><b>{_e(row["id"])}</b> · reward {_fmt(reward)}'
+        f'<div class="ex">{source_figs}{img}<div><b>{_e(row["id"])}</b> · reward {_fmt(reward)}'
         f"<br><small>{_e(row.get('prompt'))}</small>"
         f"<table><tr>{cells}</tr></table>"
         f'<div class="{status}">{_e(row.get("reason"))}</div>{detail}</div></div>'
@@ -318,13 +328,18 @@ def write_report_html(path: Path, summary: dict[str, Any], plots: dict[str, byte
         for k, d in [("reward", stats["reward"]), *stats["dimensions"].items()]
     )
     images = "".join(
-        f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" alt="{_e(name)}">'
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" alt="{_e(name)}">'
+        f'<figcaption>{_e(name)}</figcaption></figure>'
         for name, data in plots.items()
     )
-    worst_html = "".join(_example_html(r, resolve_image(r)) for r in worst) or "<p>none</p>"
-    failed_html = "".join(_example_html(r, resolve_image(r)) for r in failed) or "<p>none</p>"
+    def sources(r: dict[str, Any]) -> list[str | None]:
+        return [resolve_image({"image": s}) for s in r.get("source") or []]
+
+    worst_html = "".join(_example_html(r, resolve_image(r), sources(r)) for r in worst) or "<p>none</p>"
+    failed_html = "".join(_example_html(r, resolve_image(r), sources(r)) for r in failed) or "<p>none</p>"
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'><title>Curation report</title>"
         f"<style>{_CSS}</style></head><body><h1>Curation report</h1>"
         f"<p><small>input: {_e(summary['input'].get('path'))} ({_e(summary['input'].get('format'))})</small></p>"
         f"<table>{table}</table><h2>Distributions</h2>"

@@ -369,9 +369,11 @@ def _fmt(x: float | None) -> str:
 # -- html -------------------------------------------------------------------------------------------------
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+h1,h3,p,code{overflow-wrap:anywhere}img{max-width:100%;height:auto}
+@media (max-width:600px){body{margin:12px}}
 .item{border:1px solid #ddd;border-radius:6px;padding:10px;margin:14px 0}
-.imgs{display:flex;gap:12px;flex-wrap:wrap}.imgs figure{margin:0}.imgs figcaption{font-size:12px;color:#555}
+.imgs{display:flex;gap:12px;flex-wrap:wrap}.imgs figure{margin:0;max-width:100%}.imgs figcaption{font-size:12px;color:#555}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:8px;font-size:12px;max-height:480px;overflow:auto}
 .bad{color:#b00}.muted{color:#777}
 """
@@ -419,7 +421,8 @@ def render_html(ev: Evaluation, report: dict[str, Any], records: Sequence[Record
     failures = [r for r in records if r.failed]
     images = _collect_images(ev, {r.id for r in mismatches[:max_images]})
     model = report.get("model") or {}
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+    out = ["<!doctype html><html><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width,initial-scale=1'>",
            f"<title>{esc(report['benchmark'])} evaluation</title><style>{_CSS}</style></head><body>",
            f"<h1>{esc(report['benchmark'])}: {_pct(report['accuracy'])}% <span class='muted'>({esc(report['protocol'])})"
            "</span></h1>",
@@ -443,7 +446,8 @@ def render_html(ev: Evaluation, report: dict[str, Any], records: Sequence[Record
                              for o in row.get("orders") or [])
         out.append(f"<section class='item' id='item-{esc(r.id)}'><h3>{esc(r.id)}</h3>")
         out.append(f"<p>human: <b>{esc(str(r.label))}</b> &middot; model: <b>{esc(str(r.prediction))}</b> "
-                   f"(margin {r.margin}) &middot; {esc(verdicts)}"
+                   f"(margin {r.margin}: {esc(margin_unit(report['settings']['mode'], report['settings']['swap']))})"
+                   f" &middot; {esc(verdicts)}"
                    + (f" &middot; category {esc(r.category)}" if r.category else "") + "</p>")
         if row.get("prompt"):
             out.append(f"<p><i>{esc(str(row['prompt']))}</i></p>")
@@ -452,7 +456,7 @@ def render_html(ev: Evaluation, report: dict[str, Any], records: Sequence[Record
             out.append("<div class='imgs'>")
             for role in ("source", "A", "B"):
                 for i, tag in enumerate(imgs[role]):
-                    label = role if role != "source" else f"source {i + 1}"
+                    label = f"image {role}" if role != "source" else (f"source {i + 1}" if len(imgs[role]) > 1 else "source")
                     out.append(f"<figure>{tag}<figcaption>{esc(label)}</figcaption></figure>")
             out.append("</div>")
         for o in row.get("orders") or []:

@@ -36,7 +36,10 @@ table{border-collapse:collapse;margin:4px 0} td,th{padding:1px 6px;text-align:le
 .tag{display:inline-block;padding:1px 6px;border-radius:8px;font-size:11px;background:#eee;margin-right:4px}
 .tag.ok{background:#e8f5e9;color:#1b5e20} .tag.no{background:#ffebee;color:#b71c1c} .tag.warn{background:#fff8e1;color:#8d6e00}
 details{margin-top:4px} .err{color:#b71c1c}
-.grid{border-collapse:collapse} .grid td,.grid th{border:1px solid #ddd;padding:4px 8px;vertical-align:top}
+.grid{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%} .grid td,.grid th{border:1px solid #ddd;padding:4px 8px;vertical-align:top}
+img{max-width:100%;height:auto} figure{margin:0} figcaption{font-size:12px;color:#444;margin-top:2px;overflow-wrap:anywhere}
+.req,.meta,h1,h2{overflow-wrap:anywhere} .figs{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}
+@media (max-width:600px){body{margin:12px} .cand{flex-basis:240px}}
 """
 
 
@@ -70,6 +73,11 @@ def _img(out: Path, rel: str | None, side: int = THUMB_SIDE, href_prefix: str = 
     return f"<a href='{_e(href_prefix + rel)}'><img src='{url}' alt='{_e(rel)}' style='width:{side}px'></a>"
 
 
+def _fig(out: Path, rel: str | None, caption: str, side: int = THUMB_SIDE, href_prefix: str = "") -> str:
+    """An image with its caption under it (the caption says what the image is and what its number means)."""
+    return f"<figure style='max-width:{side}px'>{_img(out, rel, side, href_prefix)}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
 def _scores_table(scores: dict[str, float | None]) -> str:
     rows = []
     for key, value in scores.items():
@@ -81,10 +89,12 @@ def _scores_table(scores: dict[str, float | None]) -> str:
 
 def _candidate_html(out: Path, c: Candidate, is_best: bool) -> str:
     cls = "cand" + (" best" if is_best else "") + ("" if c.ok else " failed")
-    parts = [f"<div class='{cls}'>", _img(out, c.image)]
     head = f"#{c.index} seed {c.seed} · "
+    caption = f"{head}reward {_fmt(c.reward)}" if c.ok else f"{head}critique failed"
+    parts = [f"<div class='{cls}'>", _fig(out, c.image, caption)]
     if c.ok:
-        parts.append(f"<div><b>{head}reward {_fmt(c.reward)}</b>{' ★' if is_best else ''}</div>")
+        if is_best:
+            parts.append("<div><b>★ the run's best image</b></div>")
         parts.append(_scores_table(c.scores))
     else:
         parts.append(f"<div class='err'><b>{head}critique failed ({_e(c.error_kind)})</b>: {_e(c.error)}</div>")
@@ -110,7 +120,8 @@ def render_report(traj: Trajectory, out: Path) -> str:
     """The HTML text of an item's report (images read from ``out``)."""
     best = traj.best
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>",
         f"<title>refine {_e(traj.id or '')}</title><style>{_CSS}</style></head><body>",
         f"<h1>Generate-Critique-Refine{' · ' + _e(traj.id) if traj.id else ''}</h1>",
         f"<div class='req'><b>Original request</b> (every image is judged against it): {_e(traj.prompt)}</div>",
@@ -128,10 +139,18 @@ def render_report(traj: Trajectory, out: Path) -> str:
                  f"{u.critic_calls} · refiner calls {u.refiner_calls} · generator {_e(traj.generator.get('generator'))} "
                  f"{_e(traj.generator.get('model') or traj.generator.get('callable') or traj.generator.get('base_url') or '')}</div>")
     if traj.source:
-        parts.append("<h2>Source</h2><div class='row'>" + "".join(_img(out, s, 192) for s in traj.source) + "</div>")
+        parts.append("<h2>Source</h2><div class='row'>" + "".join(
+            _fig(out, s, f"source {k + 1}" if len(traj.source) > 1 else "source (the image the edit starts from)", 192)
+            for k, s in enumerate(traj.source)) + "</div>")
     if best is not None:
-        parts.append("<h2>Best</h2><div class='row'><div class='cand best'>" + _img(out, best.image) + "</div>"
-                     f"<div><div class='meta'>reward <b>{_fmt(best.reward)}</b> · round {best.round} · candidate "
+        base_best = traj.baseline.best if traj.baseline is not None else None
+        side_by_side = "" if base_best is None else (
+            "<div class='cand'>" + _fig(out, base_best.image, f"best-of-{traj.baseline.generations} with the original "
+                                        f"request · reward {_fmt(base_best.reward)}") + "</div>")
+        parts.append("<h2>Best</h2><div class='row'><div class='cand best'>"
+                     + _fig(out, best.image, f"refined best · round {best.round} · reward {_fmt(best.reward)}")
+                     + "</div>" + side_by_side
+                     + f"<div><div class='meta'>refined best: reward <b>{_fmt(best.reward)}</b> · round {best.round} · candidate "
                      f"{best.candidate} · seed {best.seed}</div><div class='req'><b>Request</b>: {_e(best.request)}</div>"
                      f"{_scores_table(best.scores)}</div></div>")
     for rnd in traj.rounds:
@@ -158,7 +177,8 @@ def render_report(traj: Trajectory, out: Path) -> str:
     if traj.pending is not None:
         parts.append(f"<div class='round'><h2>Round {traj.pending.round} <span class='tag warn'>generated, not yet "
                      f"critiqued</span></h2><div class='req'><b>Request</b>: {_e(traj.pending.request)}</div><div class='row'>"
-                     + "".join(f"<div class='cand'>{_img(out, p)}</div>" for p in traj.pending.images) + "</div></div>")
+                     + "".join(f"<div class='cand'>{_fig(out, p, 'generated, not yet critiqued')}</div>"
+                               for p in traj.pending.images) + "</div></div>")
     base = traj.baseline
     if base is not None:
         parts.append(f"<h2>Best-of-{base.generations} baseline (original request, equal generations)</h2>")
@@ -187,27 +207,41 @@ def write_batch_report(summary: dict[str, Any], rows: list[dict[str, Any]], out:
     out = Path(out)
     mr = summary.get("mean_reward", {})
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>refine batch</title>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'><title>refine batch</title>",
         f"<style>{_CSS}</style></head><body><h1>Generate-Critique-Refine batch</h1>",
         f"<div class='meta'>{summary.get('n_items', 0)} items · {summary.get('n_ok', 0)} ok · "
         f"{summary.get('n_failed', 0)} failed · improved {_fmt(summary.get('share_improved'), 2)}</div>",
         f"<div class='meta'>mean reward: round 0 {_fmt(mr.get('round0'))} · final {_fmt(mr.get('final'))} · "
         f"best-of-K baseline {_fmt(mr.get('baseline'))}</div>",
+        "<div class='meta'>Each reward is the critic's reward in [0, 1] for the image against the original request; "
+        "best-of-K samples the original request as many times as the loop generated.</div>",
         "<table class='grid'><tr><th>id</th><th>request</th><th>round 0 best</th><th>final best</th>"
-        "<th>baseline</th><th>stop</th><th></th></tr>",
+        "<th>best-of-K baseline</th><th>stop</th><th></th></tr>",
     ]
     for row in rows:
         sub = row.get("out") or ""
         r0, fin, base = row.get("round0") or {}, row.get("final") or {}, row.get("baseline") or {}
 
-        def cell(entry: dict[str, Any], sub: str = sub) -> str:
-            img = _img(out / sub, entry.get("image"), 128, href_prefix=f"{sub}/") if entry.get("image") else ""
-            return f"<td>{img}<div>{_fmt(entry.get('reward'))}</div></td>"
+        def cell(entry: dict[str, Any], label: str, sub: str = sub) -> str:
+            caption = f"{label} · reward {_fmt(entry.get('reward'))}"
+            if not entry.get("image"):
+                return f"<td><div class='meta'>{_e(caption)}</div></td>"
+            return f"<td>{_fig(out / sub, entry.get('image'), caption, 128, href_prefix=f'{sub}/')}</td>"
+
+        from .trajectory import load_trajectory
+
+        traj = load_trajectory(out / sub) if sub else None
+        srcs = traj.source if traj is not None else []
+        sources = "" if not srcs else "<div class='figs'>" + "".join(
+            _fig(out / sub, s, f"source {k + 1}" if len(srcs) > 1 else "source", 96, href_prefix=f"{sub}/")
+            for k, s in enumerate(srcs)) + "</div>"
 
         status = "" if row.get("ok") else f"<div class='err'>{_e(row.get('error_kind'))}: {_e(row.get('error'))}</div>"
         parts.append(
-            f"<tr><td>{_e(row.get('id'))}</td><td>{_e(row.get('prompt'))}{status}"
-            f"<div class='meta'>{_e((fin or {}).get('request') or '')}</div></td>{cell(r0)}{cell(fin)}{cell(base)}"
+            f"<tr><td>{_e(row.get('id'))}</td><td>{_e(row.get('prompt'))}{status}{sources}"
+            f"<div class='meta'>{_e((fin or {}).get('request') or '')}</div></td>"
+            f"{cell(r0, 'round 0 best')}{cell(fin, 'final best')}{cell(base, 'best-of-K')}"
             f"<td>{_e(row.get('stop_reason'))}</td><td><a href='{_e(sub)}/report.html'>report</a></td></tr>"
         )
     parts.append("</table></body></html>")
