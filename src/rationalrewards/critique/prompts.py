@@ -49,6 +49,7 @@ class PromptInputError(ValueError):
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_LINE_BREAKS = re.compile(r"\r\n|[\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 
 
 def check_request_text(text: object, what: str = "the request") -> str:
@@ -77,13 +78,17 @@ def neutralize_request(text: str, what: str = "the request") -> str:
     header), and chat-control tokens such as ``<|im_start|>`` are broken up (no role injection).
     """
     check_request_text(text, what)
-    out = re.sub(r"<\s*image\s*>", "[image]", text, flags=re.IGNORECASE)
-    out = re.sub(r"<\|", "< |", out)
-    out = re.sub(r"</?\s*think\s*>", lambda m: m.group(0).replace("<", "< "), out, flags=re.IGNORECASE)
+    # Every character str.splitlines() (and so a tokenizer or a log viewer) treats as a line
+    # break, not only "\n": a lone "\r" or U+2028 would otherwise open a line of its own.
+    out = _LINE_BREAKS.sub("\n", text)
     out = re.sub(r"(?m)^\s*#+\s*", "", out)
     out = re.sub(r"\s*\n\s*", " ", out).strip()
     # A '#' run mid-line that would start a header once the model echoes the request
     out = re.sub(r"#{2,}", "#", out)
+    # Markers last, on the final text, so no earlier step can join the pieces of one.
+    out = re.sub(r"<\s*image\s*>", "[image]", out, flags=re.IGNORECASE)
+    out = re.sub(r"<\|", "< |", out)
+    out = re.sub(r"</?\s*think\s*>", lambda m: m.group(0).replace("<", "< "), out, flags=re.IGNORECASE)
     if not out:
         raise PromptInputError(f"{what} is empty")
     return out
