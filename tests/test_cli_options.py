@@ -133,15 +133,6 @@ def test_parse_takes_aggregation_and_tie_tolerance():
     assert bom.returncode == 0
 
 
-def _core_takes_allow_na() -> bool:
-    import inspect
-
-    from rationalrewards.critique.model import RewardModel
-
-    return "allow_na" in inspect.signature(RewardModel.__init__).parameters
-
-
-@pytest.mark.skipif(not _core_takes_allow_na(), reason="RewardModel has no allow_na setting in this tree yet")
 def test_allow_na_decides_which_dimensions_may_be_na(image):
     na_quality = {"text_faithfulness": 3.5, "physical_quality": None, "text_rendering": None}
     with ScriptedServer(judge_responder(na_quality)) as server:

@@ -88,23 +88,11 @@ def _check_cache(value: Any) -> Any:
 
 def parse_aggregation_spec(spec: str) -> Any:
     """The :class:`~rationalrewards.critique.aggregate.Aggregation` named by ``--aggregation``;
-    ValueError (naming the problem) for an unknown preset or dimension, or a weight that is not
-    a finite number >= 0, or weights that are all zero."""
-    from ..critique import aggregate
+    ValueError (naming the problem) for an unknown preset or dimension, a weight that is not a
+    finite number >= 0, or weights that are all zero."""
+    from ..critique.aggregate import parse_aggregation
 
-    strict = getattr(aggregate, "parse_aggregation", None)
-    if strict is not None:
-        return strict(spec)
-    agg = aggregate.get_aggregation(spec)
-    for task in ("t2i", "edit"):
-        agg.weights_for(task)  # raises on an unknown dimension
-    if agg.weights is not None:
-        for key, weight in agg.weights.items():
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"weight of {key} must be a finite number >= 0, not {weight}")
-        if not any(agg.weights.values()):
-            raise ValueError(f"{spec!r} gives every dimension weight 0; nothing would be scored")
-    return agg
+    return parse_aggregation(spec)
 
 
 def check_aggregation(value: Any) -> Any:
@@ -118,24 +106,11 @@ def check_aggregation(value: Any) -> Any:
 
 
 def parse_allow_na(spec: str) -> tuple[str, ...]:
-    """``--allow-na``: comma-separated dimension keys, ``all`` or ``none`` -> the keys (sorted)."""
-    from ..critique import dimensions
-    from ..critique.dimensions import keys_for
+    """``--allow-na``: comma-separated dimension keys, ``all`` or ``none`` -> the keys (sorted);
+    ValueError naming an unknown key."""
+    from ..critique.dimensions import resolve_allow_na
 
-    resolve = getattr(dimensions, "resolve_allow_na", None)
-    if resolve is not None:  # the core's reading of the setting, when it has one
-        return tuple(sorted(resolve(spec)))
-
-    known = sorted(set(keys_for("t2i")) | set(keys_for("edit")))
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if parts == ["all"]:
-        return tuple(known)
-    if parts in ([], ["none"]):
-        return ()
-    unknown = [p for p in parts if p not in known]
-    if unknown:
-        raise ValueError(f"unknown dimension(s) {', '.join(unknown)}; known: {', '.join(known)}, or all / none")
-    return tuple(sorted(set(parts)))
+    return tuple(sorted(resolve_allow_na(spec)))
 
 
 def check_allow_na(value: Any) -> Any:
@@ -274,17 +249,9 @@ def _folder_digest(folder: Path) -> str:
 
 
 def make_reward_model(opts: dict[str, Any]) -> Any:
-    import inspect
-
     from ..backends import BackendError
     from ..critique.model import RewardModel
 
-    opts = dict(opts)
-    allow_na = tuple(opts.pop("allow_na", None) or ())
-    if "allow_na" in inspect.signature(RewardModel.__init__).parameters:
-        opts["allow_na"] = allow_na
-    elif set(allow_na) != {DEFAULT_ALLOW_NA}:
-        fail("--allow-na other than text_rendering needs a RewardModel that accepts allow_na", EXIT_INPUT)
     try:
         return RewardModel.from_options(**opts)
     except (ValueError, OSError) as exc:  # a bad setting, or a --cache / --templates path that cannot be used

@@ -355,8 +355,6 @@ def parse(
     json_out: JsonOpt = False,
 ) -> None:
     """Turn one raw model output into the critique (or comparison) object. Exit 3 if unparseable."""
-    import inspect
-
     from ..critique import parse_comparison, parse_critique
 
     if task not in ("t2i", "edit"):
@@ -372,18 +370,12 @@ def parse(
         agg = parse_aggregation_spec(aggregation)
     except ValueError as exc:
         fail(str(exc), EXIT_INPUT)
-    # Passed only where the parser takes it (the keyword arrives with the strict N/A policy).
-    extra: dict[str, Any] = {}
-    parser = parse_comparison if pairwise else parse_critique
-    if "allow_na" in inspect.signature(parser).parameters:
-        extra["allow_na"] = parse_allow_na(allow_na)
-    elif set(parse_allow_na(allow_na)) != {DEFAULT_ALLOW_NA}:
-        fail("--allow-na other than text_rendering is not supported by this parser", EXIT_INPUT)
+    na = parse_allow_na(allow_na)
     res: Any
     if pairwise:
-        res = parse_comparison(raw, task, aggregation=agg, tie_tolerance=tie_tolerance, **extra)
+        res = parse_comparison(raw, task, aggregation=agg, tie_tolerance=tie_tolerance, allow_na=na)
     else:
-        res = parse_critique(raw, task, aggregation=agg, **extra)
+        res = parse_critique(raw, task, aggregation=agg, allow_na=na)
     if json_out:
         emit_json(res.to_json())
     elif pairwise:
