@@ -150,3 +150,25 @@ def test_bad_options_are_refused_naming_them(options, fragment):
     with pytest.raises(ValueError) as info:
         RewardModel.from_options(base_url="http://127.0.0.1:9/v1", model="judge", **options)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"allow_na": "colour"}, {"aggregation": "text_faithfulness=-1"},
+                                    {"concurrency": 0}])
+def test_every_constructor_checks_settings_before_building_a_backend(tmp_path, kwargs):
+    """A typo must not cost a model load: from_pretrained fails on the setting, not the path."""
+    with pytest.raises(ValueError) as pretrained:
+        RewardModel.from_pretrained(str(tmp_path / "no_model_here"), **kwargs)
+    with pytest.raises(ValueError) as openai:
+        RewardModel.from_openai("http://127.0.0.1:9/v1", "judge", **kwargs)
+    for info in (pretrained, openai):
+        assert "no_model_here" not in str(info.value)
+        assert any(word in str(info.value) for word in ("colour", ">= 0", "concurrency"))
+
+
+def test_from_openai_and_from_pretrained_take_allow_na(red):
+    with ScriptedServer(lambda _r: critique_text("t2i", NA_TF)) as server:
+        rm = RewardModel.from_openai(server.base_url, "judge", allow_na="all")
+        result = rm.critique("a red ball", red)
+        rm.close()
+    assert result.ok and rm.allow_na == frozenset({"text_faithfulness", "image_faithfulness", "physical_quality",
+                                                   "text_rendering"})

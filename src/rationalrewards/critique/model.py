@@ -173,6 +173,7 @@ class RewardModel:
         """
         from ..backends.openai_http import OpenAIBackend
 
+        _check_settings(kwargs)
         backend: Backend = OpenAIBackend(list(base_url) if not isinstance(base_url, str) else base_url,
                                          model, api_key, **(backend_kwargs or {}))
         if cache:
@@ -200,6 +201,7 @@ class RewardModel:
         """
         from ..backends.transformers_local import TransformersBackend
 
+        _check_settings(kwargs)  # before the weights are loaded: a typo should cost nothing
         backend: Backend = TransformersBackend(
             model, device=device, dtype=dtype, batch_size=batch_size, adapter=adapter,
             max_pixels=kwargs.get("max_pixels") or DEFAULT_MAX_PIXELS,
@@ -241,9 +243,7 @@ class RewardModel:
         unknown = sorted(k for k in opts if k not in accepted)
         if unknown:
             raise ValueError(f"unknown option(s) for RewardModel.from_options: {', '.join(unknown)}")
-        # Settings are checked before the backend is built, so a bad one costs no model load.
-        model_kwargs["allow_na"] = resolve_allow_na(model_kwargs.get("allow_na"))
-        model_kwargs["aggregation"] = get_aggregation(model_kwargs.get("aggregation"))
+        _check_settings(model_kwargs)  # before the backend is built: a bad one costs no model load
         backend = backend_from_options(**opts)
         return cls(backend, sampling=sampling, max_pixels=max_pixels, **model_kwargs)
 
@@ -525,6 +525,19 @@ def _input_error(exc: BaseException) -> str:
     # The message may quote the bad input (a path with a lone surrogate); escape what UTF-8
     # cannot carry so the result itself can always be written as JSON.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_settings(kwargs: dict[str, Any]) -> None:
+    """Resolve (and so validate) ``allow_na`` and ``aggregation`` in place; ValueError names the
+    problem. Called by the constructors before they build a backend."""
+    if "allow_na" in kwargs:
+        kwargs["allow_na"] = resolve_allow_na(kwargs["allow_na"])
+    if "aggregation" in kwargs:
+        kwargs["aggregation"] = get_aggregation(kwargs["aggregation"])
+    concurrency = kwargs.get("concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or concurrency < 1):
+        raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
 
 
 def _item_id(x: Any) -> str | None:
