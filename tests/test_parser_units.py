@@ -562,3 +562,11 @@ def test_parse_aggregation_accepts_presets_weights_and_a_trailing_comma() -> Non
 def test_an_aggregation_object_checks_its_settings_when_built(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Aggregation(**kwargs)
+
+
+def test_parse_aggregation_takes_a_mapping_of_weights_with_the_same_checks() -> None:
+    assert parse_aggregation({"text_faithfulness": 1.0}).weights_for("t2i") == {"text_faithfulness": 1.0}
+    with pytest.raises(ValueError, match="finite"):
+        parse_aggregation({"text_faithfulness": float("inf")})
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_aggregation({"text_faithfulness": "2"})

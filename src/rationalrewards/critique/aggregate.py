@@ -102,12 +102,13 @@ PRESETS: dict[str, Aggregation] = {
 }
 
 
-def parse_aggregation(spec: str | Aggregation | None) -> Aggregation:
+def parse_aggregation(spec: str | Mapping[str, float] | Aggregation | None) -> Aggregation:
     """The aggregation a setting names, checked: ValueError (naming the problem) otherwise.
 
     ``spec`` is a preset name (``default``, ``release-edit-rl``, ``release-pairwise``), custom
     weights ``key=weight,...`` (e.g. ``text_faithfulness=2,physical_quality=1``; dimensions left
-    out do not count), an :class:`Aggregation` (returned as is), or None for the default.
+    out do not count) or the same as a mapping, an :class:`Aggregation` (returned as is), or None
+    for the default.
     Refused: an unknown preset or dimension, a repeated key, a weight that is not a number, NaN,
     infinite or negative, and weights that are all zero. The CLI calls this while parsing
     ``--aggregation``, so a bad spec is a usage error before any model is loaded.
@@ -116,6 +117,11 @@ def parse_aggregation(spec: str | Aggregation | None) -> Aggregation:
         return PRESETS["default"]
     if isinstance(spec, Aggregation):
         return spec
+    if isinstance(spec, Mapping):
+        try:
+            return Aggregation(name="custom", weights=dict(spec))
+        except ValueError as exc:
+            raise ValueError(f"aggregation weights {dict(spec)!r}: {exc}") from None
     if not isinstance(spec, str):
         raise ValueError(f"aggregation must be a preset name or key=weight,..., not {type(spec).__name__}")
     text = spec.strip()
@@ -143,7 +149,7 @@ def parse_aggregation(spec: str | Aggregation | None) -> Aggregation:
         raise ValueError(f"aggregation {spec!r}: {exc}") from None
 
 
-def get_aggregation(spec: str | Aggregation | None) -> Aggregation:
+def get_aggregation(spec: str | Mapping[str, float] | Aggregation | None) -> Aggregation:
     """A preset by name, ``key=weight,...`` custom weights, or an ``Aggregation`` as is.
 
     Same as :func:`parse_aggregation` (bad specs raise ValueError naming the problem).
