@@ -130,6 +130,8 @@ POINTWISE_CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("corrupt_image_bytes", {"image": "corrupt"}, "input", ["corrupt.png"]),
     ("empty_image_file", {"image": "empty"}, "input", ["empty.jpg"]),
     ("missing_source_file", {"source": "missing"}, "input", ["no_such_image.png"]),
+    ("image_of_unsupported_type", {"image": 12345}, "input", ["image", "unsupported image type int"]),
+    ("image_field_missing", {"image": None}, "input", ["image", "NoneType"]),
     ("image_path_with_surrogate", {"image": "red\udcff\ud800.png"}, "input", ["red", "\\ud800"]),
 ]
 
