@@ -570,3 +570,30 @@ def test_parse_aggregation_takes_a_mapping_of_weights_with_the_same_checks() -> 
         parse_aggregation({"text_faithfulness": float("inf")})
     with pytest.raises(ValueError, match="must be a number"):
         parse_aggregation({"text_faithfulness": "2"})
+
+
+@pytest.mark.parametrize(
+    ("score_line", "value", "justification"),
+    [
+        ("## Score: 3. The fox is there.", 3.0, "The fox is there."),
+        ("## Score: 3.5 - the fox is there", 3.5, "the fox is there"),
+        ("## Score: 3.5/4 | ## Justification: the fox is there", 3.5, "the fox is there"),
+        ("## Score: 3.5 reasoning: the fox is there", 3.5, "the fox is there"),
+        ("## Score: 3.5", 3.5, None),
+    ],
+)
+def test_text_after_the_score_is_kept_as_the_justification(score_line: str, value: float,
+                                                           justification: str | None) -> None:
+    raw = _t2i_raw().replace("## Justification: a.\n## Score: 3.0", score_line)
+    result = parse_critique(raw, "t2i")
+    assert result.ok, result.error
+    assert result.scores["text_faithfulness"] == value
+    assert result.justifications["text_faithfulness"] == justification
+
+
+def test_a_justification_after_a_pairwise_score_is_kept_too() -> None:
+    raw = _golden("pa_t2i_canonical_monday_mug").replace(
+        "## Score A: 3.4\n## Score B: 3.6", "## Score A: 3.4 Justification: the handle is thin.\n## Score B: 3.6")
+    result = parse_comparison(raw, "t2i")
+    assert result.ok and result.scores_a["physical_quality"] == 3.4
+    assert "the handle is thin." in (result.justifications["physical_quality"] or "")

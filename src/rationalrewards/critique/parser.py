@@ -95,7 +95,7 @@ _JUSTIFICATION_AFTER_SCORE = re.compile(r"\s+(?=(?:justification|reasoning|ratio
 _SCORE_CELL = re.compile(
     r"^[\s*_`\[\]\"']*(?:n\s*/\s*a|n\.a\.?|not\s+applicable|na|none|null|-+|—|"
     r"(?:(?:level|about|approx(?:imately|\.)?|around)\s*)?[~≈]?\s*[+-]?\d+(?:[.,]\d+)?(?:e[+-]?\d+)?"
-    r"(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?)(?![\w/])[*_`\]\"']*",
+    r"(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?)(?![\w/,]|\.\d)[*_`\]\"']*",
     re.IGNORECASE,
 )
 
@@ -282,8 +282,7 @@ def _split_inline_fields(lines: list[str]) -> list[str]:
             continue
         for piece in _INLINE_FIELD.split(line):
             m = _FIELD.match(piece)
-            is_score = m is not None and m.group("field").lower().startswith("score") and not (
-                m.group("side") or m.group("side2"))
+            is_score = m is not None and "score" in m.group("field").lower()
             out.extend(_JUSTIFICATION_AFTER_SCORE.split(piece) if is_score else [piece])
     return out
 
