@@ -226,13 +226,18 @@ def _pair(fields: dict[str, Any], files: dict[str, str], id: str | None = None) 
     return item
 
 
-@pytest.mark.parametrize("swap", [False, True], ids=["one_order", "swapped"])
-@pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
-@pytest.mark.parametrize(("fields", "kind", "fragments"), [c[1:] for c in COMPARE_CASES],
-                         ids=[c[0] for c in COMPARE_CASES])
+# The scripted pairwise answers only exist in pairwise mode; input errors apply to both modes.
+COMPARE_RUNS = [
+    pytest.param(fields, kind, fragments, mode, swap, id=f"{name}-{mode}-{'swapped' if swap else 'one_order'}")
+    for name, fields, kind, fragments in COMPARE_CASES
+    for mode in ("pairwise", "pointwise")
+    for swap in (False, True)
+    if not (mode == "pointwise" and kind == "parse")
+]
+
+
+@pytest.mark.parametrize(("fields", "kind", "fragments", "mode", "swap"), COMPARE_RUNS)
 def test_compare_batch_fails_the_bad_pair_and_completes_the_others(rm, files, fields, kind, fragments, mode, swap):
-    if mode == "pointwise" and kind == "parse":
-        pytest.skip("the pairwise answers are only scripted for pairwise mode")
     pairs = [_pair({}, files, "before"), _pair(fields, files, "bad"),
              CompareItem("a red ball", files["red"], files["grey"], id="after")]
     results = rm.compare_batch(pairs, mode=mode, swap=swap)
