@@ -51,6 +51,7 @@ from ..critique.schema import failed_compare, failed_critique
 from ..images import DEFAULT_MAX_INPUT_PIXELS, ImageInputError, PreparedImage, fit_within, load_image
 from .metrics import ServerMetrics
 from .schemas import (
+    MAX_ID_CHARS,
     CompareRequest,
     CompareResponse,
     ErrorResponse,
@@ -315,6 +316,14 @@ class _DecodeBudget:
                 self._cond.notify_all()
 
 
+class _NotJson(ValueError):
+    """Python's JSON reader accepts NaN and Infinity; JSON (and every other client) does not."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
 def _loc(path: str) -> list[str]:
     """``items[3].source[1]`` -> ``["items", "3", "source", "1"]``."""
     return path.replace("]", "").replace("[", ".").split(".")
@@ -511,7 +520,7 @@ def create_app(
 
         def parse() -> Any:
             text = body.decode("utf-8")
-            return json.loads(text[1:] if text.startswith("\ufeff") else text)
+            return json.loads(text[1:] if text.startswith("\ufeff") else text, parse_constant=_no_constant)
 
         try:
             # Megabytes of base64 take a while to parse: keep the event loop serving others meanwhile.
@@ -524,6 +533,12 @@ def create_app(
         except json.JSONDecodeError as exc:
             raise refuse(endpoint, 400, "bad_json", f"malformed JSON body: {exc}",
                          [{"loc": ["body"], "msg": exc.msg, "line": exc.lineno, "column": exc.colno}]) from None
+        except _NotJson as exc:
+            raise refuse(endpoint, 400, "bad_json", f"malformed JSON body: {exc}",
+                         [{"loc": ["body"], "msg": str(exc)}]) from None
+        except ValueError as exc:  # e.g. an integer literal of 5,000 digits (Python's int-conversion limit)
+            raise refuse(endpoint, 400, "bad_json", f"malformed JSON body: {exc}",
+                         [{"loc": ["body"], "msg": "unreadable number"}]) from None
         except RecursionError:
             raise refuse(endpoint, 400, "bad_json",
                          "JSON body is nested too deeply; a request is an object with an 'items' list, "
@@ -552,14 +567,20 @@ def create_app(
 
     def validate(model: type[Any], data: Any, endpoint: str) -> Any:
         try:
-            return model.model_validate(data)
+            parsed = model.model_validate(data)
         except ValidationError as exc:
             details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
                        for e in exc.errors(include_url=False, include_input=False)]
-            first = details[0]
-            where = ".".join(str(x) for x in first["loc"]) or "body"
-            raise refuse(endpoint, 422, "invalid", f"invalid request: {where}: {first['msg']}"
-                         + (f" (and {len(details) - 1} more)" if len(details) > 1 else ""), details) from None
+        else:
+            details = [{"loc": ["items", i, "id"], "msg": f"String should have at most {MAX_ID_CHARS} characters",
+                        "type": "string_too_long"}
+                       for i, it in enumerate(parsed.items) if it.id is not None and len(it.id) > MAX_ID_CHARS]
+            if not details:
+                return parsed
+        first = details[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise refuse(endpoint, 422, "invalid", f"invalid request: {where}: {first['msg']}"
+                     + (f" (and {len(details) - 1} more)" if len(details) > 1 else ""), details)
 
     async def prepare_all(endpoint: str, wires: list[_WireImage], item_errors: dict[int, str]) -> None:
         """Read every image of the healthy items: headers first (limits -> 413/429), then pixels.

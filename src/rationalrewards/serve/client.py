@@ -31,7 +31,7 @@ import httpx
 from ..critique.aggregate import Aggregation, get_aggregation
 from ..critique.schema import CritiqueResult, failed_critique
 from ..images import DEFAULT_MAX_PIXELS, ImageInputError, PreparedImage, load_image
-from .schemas import text_problem
+from .schemas import MAX_ID_CHARS, text_problem
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 TOKEN_ENV = "RATIONALREWARDS_TOKEN"
@@ -174,6 +174,8 @@ class RemoteReward:
                            else text_problem(prompt, "prompt"))
                 if problem is None and id_ is not None and not isinstance(id_, str):
                     problem = f"id must be text or None, got {type(id_).__name__}"
+                if problem is None and id_ is not None and len(id_) > MAX_ID_CHARS:
+                    problem = f"id is {len(id_)} characters long, over the server's limit of {MAX_ID_CHARS}"
                 if problem:
                     results[i] = failed_critique(task, "input", problem, id=id_ if isinstance(id_, str) else None)  # type: ignore[arg-type]
                     continue

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..critique.schema import CompareResult, CritiqueResult
 
+# Longer prompts are not generation prompts (and would cost the judge a long prefill each).
+MAX_PROMPT_CHARS = 16_000
+MAX_ID_CHARS = 1_024
+
 ImageField = Field(
     description="The image bytes as plain base64 or a data: URL (data:image/png;base64,...). "
     "URLs and file paths are refused: the server never fetches or opens them."
@@ -19,8 +23,13 @@ class RewardItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, description="Echoed back as the result's id.")
-    prompt: str = Field(description="The generation prompt, or the edit instruction.")
+    # The id's length is checked by the server, not here: pydantic's max_length would refuse an
+    # id holding a lone surrogate, which the server instead echoes back as a JSON escape.
+    id: str | None = Field(default=None, description=f"Echoed back as the result's id (at most {MAX_ID_CHARS} "
+                                                     "characters).")
+    prompt: str = Field(description="The generation prompt, or the edit instruction (at most "
+                                    f"{MAX_PROMPT_CHARS} characters; a longer, empty or non-Unicode prompt fails its "
+                                    "item with error_kind 'input').")
     image: str = ImageField
     source: str | list[str] | None = Field(
         default=None, description="Source image(s) of an edit (base64 or data: URL); absent for t2i."
@@ -45,7 +54,7 @@ class CompareItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = None
+    id: str | None = Field(default=None, description=f"Echoed back (at most {MAX_ID_CHARS} characters).")
     prompt: str
     image_a: str = ImageField
     image_b: str = ImageField
@@ -96,10 +105,10 @@ class HealthResponse(BaseModel):
     in_flight_requests: int
 
 
-def text_problem(value: str, field: str) -> str | None:
+def text_problem(value: str, field: str, max_chars: int = MAX_PROMPT_CHARS) -> str | None:
     """Why ``value`` cannot be sent to a judge as text, or None when it can.
 
-    Empty text is refused too. JSON lets a client send an unpaired surrogate (``"\\ud800"``) or a NUL character; neither can
+    Empty text, and text over ``max_chars``, is refused too. JSON lets a client send an unpaired surrogate (``"\\ud800"``) or a NUL character; neither can
     be encoded as UTF-8 for the judge (or is a sign of binary garbage), so the item fails with
     this reason. The message names the field and position but never repeats the text itself.
     """
@@ -111,6 +120,8 @@ def text_problem(value: str, field: str) -> str | None:
                 "send valid Unicode text")
     if not value.strip():
         return f"{field}: is empty; send the generation prompt or the edit instruction"
+    if len(value) > max_chars:
+        return f"{field}: is {len(value)} characters long, over the limit of {max_chars}"
     nul = value.find("\x00")
     if nul >= 0:
         return f"{field}: contains a NUL character at character {nul}; send text, not binary data"
