@@ -381,9 +381,7 @@ def test_an_input_with_no_usable_line_is_an_input_error(folder: Path, server):
 @pytest.mark.parametrize("args", [
     ("parrot", "train", "--data", "DIR", "--model", "./does-not-exist", "--out", "DIR/ckpt"),
     ("parrot", "run", "--pairs", "DIR/pairs.jsonl", "--out", "DIR/run", "--teacher-model", "./does-not-exist"),
-    ("localize", "--critique", "DIR/c.json", "--image", "DIR/img.png", "--out", "DIR/loc", "--phrase", "cat",
-     "--detector", "./does-not-exist"),
-], ids=["parrot_train", "parrot_teacher", "localize_detector"])
+], ids=["parrot_train", "parrot_teacher"])
 def test_a_missing_local_model_folder_is_an_input_error_naming_it(args, folder: Path):
     res = run(*(a.replace("DIR", str(folder)) for a in args), cwd=folder)
     assert res.returncode == 2, res.stdout + res.stderr

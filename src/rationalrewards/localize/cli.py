@@ -20,7 +20,6 @@ from ..cli.common import (
     emit_json,
     err_console,
     fail,
-    looks_like_missing_path,
     make_reward_model,
     out_console,
     resolve_relative,
@@ -70,9 +69,6 @@ def localize_command(
 
     if task is not None and task not in ("t2i", "edit"):
         fail(f"--task must be t2i or edit, not {task!r}", EXIT_INPUT)
-    for flag, value in (("--detector", detector), ("--segmenter", segmenter)):
-        if looks_like_missing_path(value):
-            fail(f"{flag}: no model folder at {value} (a hub id looks like ORG/NAME)", EXIT_INPUT)
     try:
         crit = read_critique_file(critique, row_id)
     except (FileNotFoundError, ValueError) as exc:
