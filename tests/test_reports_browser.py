@@ -30,6 +30,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "refine-batch": runs["refine"] / "report.html",
         **{f"refine-{p.parent.name}": p for p in refine_items},
         "curate": runs["curate"] / "report.html",
+        "demo": ui_fixtures.demo_report(runs["eval"].parent, ui_fixtures.examples(runs["examples"])),
     }
 
 
@@ -57,7 +58,7 @@ def uncaptioned_images(driver: Any) -> list[str]:
     """)
 
 
-@pytest.mark.parametrize("name", ["eval", "refine-batch", "refine-t2i-item", "refine-edit-item", "curate"])
+@pytest.mark.parametrize("name", ["eval", "refine-batch", "refine-t2i-item", "refine-edit-item", "curate", "demo"])
 @pytest.mark.parametrize("size", [WIDE, PHONE], ids=["1400px", "390px"])
 def test_report_fits_the_screen_and_every_image_loads_with_a_caption(browser, reports, name, size):
     viewport(browser, size)
@@ -90,3 +91,13 @@ def test_the_curate_report_shows_an_edit_with_its_source(browser, reports):
     load(browser, reports["curate"])
     captions = [c.text for c in browser.find_elements("css selector", ".ex figcaption")]
     assert "source" in captions and any(c.startswith("rejected · reward") for c in captions), captions
+
+
+def test_the_demo_report_shows_rejected_rationales_with_their_images_and_names_the_mean_loss(browser, reports):
+    viewport(browser, PHONE)
+    load(browser, reports["demo"])
+    body = browser.find_element("css selector", "body").text
+    assert "mean training loss over all steps 0.225" in body and "final loss" not in body
+    rejected = browser.find_elements("xpath", "//p[contains(., 'rejected (repredict_wrong)')]/following-sibling::div[1]")
+    assert rejected and [c.text for c in rejected[0].find_elements("css selector", "figcaption")] == [
+        "source", "image A", "image B"]

@@ -99,3 +99,53 @@ def all_runs(folder: Path) -> dict[str, Path]:
     ex = examples(folder / "examples")
     return {"eval": eval_run(folder, ex), "refine": refine_run(folder, ex), "curate": curate_run(folder, ex),
             "examples": ex.t2i_good.parent}
+
+
+def demo_report(folder: Path, ex: Examples) -> Path:
+    """The demo's report over a hand-made run folder: held-out pairs judged by the student, one
+    rationale PARROT rejected, and a summary with the numbers the report prints."""
+    import shutil
+
+    from rationalrewards.demo.layout import RunFolder
+    from rationalrewards.demo.report import write_report
+
+    out = folder / "demo-run"
+    for split in ("heldout", "train"):
+        world = out / "world" / split
+        world.mkdir(parents=True)
+        for p in (ex.t2i_good, ex.t2i_flawed, ex.edit_source, ex.edit_good, ex.edit_unchanged):
+            shutil.copy(p, world / p.name)
+        pairs = [{"id": "h1", "prompt": ex.t2i_request, "image_a": "t2i_good.png", "image_b": "t2i_flawed.png",
+                  "label": "A", "category": "t2i"},
+                 {"id": "h2", "prompt": ex.edit_request, "source": "edit_source.png", "image_a": "edit_unchanged.png",
+                  "image_b": "edit_good.png", "label": "B", "category": "edit"}]
+        (world / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    (out / "world" / "heldout" / "truth.jsonl").write_text(
+        json.dumps({"id": "h1", "defects_a": [], "defects_b": ["color", "noise", "misspelled"]}) + "\n", encoding="utf-8")
+    (out / "eval" / "student").mkdir(parents=True)
+    (out / "eval" / "student" / "results.jsonl").write_text(
+        json.dumps({"id": "h1", "prediction": "A", "label": "A", "orders": [{"raw": "Image A is better."}]}) + "\n"
+        + json.dumps({"id": "h2", "prediction": "A", "label": "B", "orders": [{"raw": "Image A is better."}]}) + "\n",
+        encoding="utf-8")
+    (out / "parrot").mkdir()
+    (out / "parrot" / "filtered.jsonl").write_text(json.dumps(
+        {"key": "k2", "id": "h2", "kind": "pairwise", "reason": "repredict_wrong", "shown_label": "B"}) + "\n",
+        encoding="utf-8")
+    (out / "parrot" / "anchored.jsonl").write_text(json.dumps({"key": "k2", "raw": "Image B is better."}) + "\n",
+                                                   encoding="utf-8")
+    summary = {
+        "command": "rationalrewards demo --quick", "machine": {"cpus": 2}, "timing_s": {"world": 1.0},
+        "targets": {"student accuracy above the always-A baseline": {"value": 0.71, "op": ">=", "bound": 0.6,
+                                                                       "met": True}},
+        "notes": [],
+        "parrot": {"pairwise": {"rationales": 10, "kept": 7, "rejected": 3,
+                                "rejected_by_reason": {"repredict_wrong": 2, "inconsistent": 1}}},
+        "filter": {"teacher_noise": 0.3, "raw_error_rate": 0.3, "kept_error_rate": 0.1},
+        "student": {"accuracy": 0.71, "n": 2, "n_failed": 0, "by_category": {"t2i": {"n": 1, "accuracy": 1.0}},
+                    "train": {"train_loss": 0.225, "global_step": 10, "seconds": 3.0}, "model": {}},
+        "teacher_reference": {"accuracy": 0.8, "by_category": {"t2i": {"accuracy": 1.0}}},
+        "refine": {"items": []},
+    }
+    path = out / "report.html"
+    write_report(RunFolder(out, {"stages": {}}), summary, path)
+    return path

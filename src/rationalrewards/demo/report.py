@@ -154,11 +154,14 @@ def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[s
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f4f4f4} .ok{color:#17803d;font-weight:600} .bad{color:#b42318;font-weight:600} .na{color:#777}
 img.t{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ccc;margin:2px}
-pre{background:#f7f7f7;padding:6px;font-size:11px;white-space:pre-wrap;max-width:520px;margin:0}
-.card{display:flex;gap:12px;border:1px solid #e3e3e3;padding:8px;margin:8px 0;border-radius:6px}
+pre{background:#f7f7f7;padding:6px;font-size:11px;white-space:pre-wrap;overflow-wrap:anywhere;max-width:520px;margin:0}
+.card{display:flex;flex-wrap:wrap;gap:12px;border:1px solid #e3e3e3;padding:8px;margin:8px 0;border-radius:6px}
+.card>div{min-width:0;max-width:100%} .figs{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
+figure{margin:0} figcaption{font-size:12px;color:#555;max-width:120px;overflow-wrap:anywhere} p,b{overflow-wrap:anywhere}
+@media (max-width:600px){body{margin:12px}}
 .small{font-size:12px;color:#555}
 """
 
@@ -207,10 +210,9 @@ def _pairs_section(run: DemoRun, limit: int = 8) -> str:
         if p is None:
             continue
         t = truth.get(res["id"], {})
-        imgs = ""
-        if p.get("source"):
-            imgs += "source<br>" + _img(world / p["source"], "source") + "<br>"
-        imgs += "A " + _img(world / p["image_a"], "A") + " B " + _img(world / p["image_b"], "B")
+        figs = ([("source", p["source"])] if p.get("source") else []) + [("image A", p["image_a"]), ("image B", p["image_b"])]
+        imgs = "<div class='figs'>" + "".join(f"<figure>{_img(world / rel, cap)}<figcaption>{cap}</figcaption></figure>"
+                                               for cap, rel in figs) + "</div>"
         raw = ""
         if res.get("orders"):
             raw = res["orders"][0].get("raw") or ""
@@ -245,11 +247,19 @@ def _filter_section(run: DemoRun, summary: dict[str, Any]) -> str:
     rejected = [r for r in _read_jsonl(run.parrot_dir / "filtered.jsonl") if r.get("reason") in
                 ("repredict_wrong", "inconsistent")][:2]
     anchored = {r["key"]: r for r in _read_jsonl(run.parrot_dir / "anchored.jsonl")} if rejected else {}
+    train_world = run.world_dir / "train"
+    train_pairs = {x["id"]: x for x in _read_jsonl(train_world / "pairs.jsonl")} if rejected else {}
     for r in rejected:
         raw = anchored.get(r["key"], {}).get("raw") if r["kind"] == "pairwise" else None
         if raw:
+            pair = train_pairs.get(r["id"]) or {}
+            figs = ([("source", pair["source"])] if pair.get("source") else []) + [
+                (cap, pair[key]) for cap, key in (("image A", "image_a"), ("image B", "image_b")) if pair.get(key)]
+            imgs = "<div class='figs'>" + "".join(f"<figure>{_img(train_world / rel, cap)}<figcaption>{cap}</figcaption>"
+                                                   "</figure>" for cap, rel in figs) + "</div>"
             examples.append(f"<p class='small'>rejected ({html.escape(r['reason'])}), pair {html.escape(r['id'])}, "
-                            f"label {html.escape(str(r.get('shown_label')))} as shown:</p><pre>{html.escape(raw)}</pre>")
+                            f"label {html.escape(str(r.get('shown_label')))} as shown:</p>"
+                            f"<div class='card'>{imgs if figs else ''}<pre>{html.escape(raw)}</pre></div>")
     return table + errs + "".join(examples)
 
 
@@ -268,7 +278,7 @@ def _student_section(summary: dict[str, Any]) -> str:
     return (f"<p>Student: {html.escape(str(model.get('architecture')))}, hidden {model.get('hidden_size')}, "
             f"{model.get('num_layers')} layers, {model.get('trainable_params')} parameters, trained for "
             f"{train.get('global_step')} steps on {train.get('train_examples')} examples "
-            f"(final loss {_fmt(train.get('train_loss'))}, {_fmt(train.get('seconds'), 1)} s).</p>"
+            f"(mean training loss over all steps {_fmt(train.get('train_loss'))}, {_fmt(train.get('seconds'), 1)} s).</p>"
             f"<p>Held-out pairwise accuracy <b>{_fmt(st.get('accuracy'))}</b> (n={st.get('n')}, failed "
             f"{st.get('n_failed')}, protocol: {html.escape(str(st.get('protocol')))}); parse rate "
             f"<b>{_fmt(st.get('parse_rate'))}</b>; it named a winner for {_fmt(st.get('decided_share'))} of the pairs "
@@ -320,8 +330,9 @@ def _refine_section(run: DemoRun, summary: dict[str, Any]) -> str:
         folder = run.refine_dir / item["id"]
         rounds = []
         for rnd in traj.rounds:
-            imgs = "".join(_img(folder / c.image, f"student reward {c.reward}") + f"<span class='small'>"
-                           f"{_fmt(c.reward, 2)}</span>" for c in rnd.candidates if c.image)
+            imgs = "<div class='figs'>" + "".join(
+                f"<figure>{_img(folder / c.image, 'candidate')}<figcaption>student reward {_fmt(c.reward, 2)}"
+                "</figcaption></figure>" for c in rnd.candidates if c.image) + "</div>"
             rounds.append(f"<div><span class='small'>round {rnd.round}{' (accepted)' if rnd.accepted else ''}: "
                           f"{html.escape(rnd.request)}</span><br>{imgs}</div>")
         true_means = ", ".join(f"{v:.2f}" for v in item.get("round_true_mean") or [])
@@ -345,6 +356,8 @@ def write_report(run: DemoRun, summary: dict[str, Any], path: str | Path) -> Non
         "<h2>Student accuracy</h2>", _student_section(summary),
         "<h2>Generate-Critique-Refine with the student as critic</h2>", _refine_section(run, summary),
     ]
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>RationalRewards demo</title><style>{_CSS}</style>"
+    doc = ("<!doctype html><html><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+           f"<title>RationalRewards demo</title><style>{_CSS}</style>"
            f"</head><body>{''.join(body)}</body></html>")
     atomic_write_text(path, doc)
