@@ -13,6 +13,14 @@ that ideal, plus the same load sent straight to a ``RewardModel`` in this proces
 hop) to separate the server's overhead from the client's.
 
     .venv/bin/python bench/bench_serve.py [--clients 32] [--items 4] [--requests 8] [--latency-s 0.5]
+
+``--burn`` measures instead what oversized images cost the server: ``--burn-requests``
+concurrent requests of ``--burn-images`` PNGs of ``--burn-size`` pixels square (compressible,
+about 2 MB each at 7990 px), reporting the answers, the server's CPU time, its resident memory
+after the burst and its peak (VmHWM). ``--serve-arg`` passes options to ``serve`` (repeatable),
+e.g. ``--serve-arg=--max-image-megapixels=64``.
+
+    .venv/bin/python bench/bench_serve.py --burn [--burn-size 7990] [--burn-images 8] [--burn-requests 4]
 """
 
 from __future__ import annotations
@@ -49,6 +57,34 @@ def noisy_png(seed: int, size: int) -> bytes:
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a process, in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def big_png(size: int) -> bytes:
+    """A ``size`` x ``size`` PNG that compresses well (smooth gradients): large when decoded, small on the wire."""
+    grad = Image.linear_gradient("L").resize((size, size), Image.Resampling.BILINEAR)
+    img = Image.merge("RGB", (grad, grad.transpose(Image.Transpose.ROTATE_90), grad.transpose(Image.Transpose.FLIP_TOP_BOTTOM)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+async def run_burn(url: str, body: bytes, requests: int) -> list[tuple[int, str]]:
+    async with httpx.AsyncClient(timeout=600) as http:
+        answers = await asyncio.gather(*(http.post(f"{url}/v1/reward", content=body,
+                                                   headers={"Content-Type": "application/json"})
+                                         for _ in range(requests)))
+    out = []
+    for r in answers:
+        payload = r.json()
+        what = payload.get("kind") if r.status_code != 200 else f"{sum(x['ok'] for x in payload['results'])} ok"
+        out.append((r.status_code, str(what)))
+    return out
 
 
 def free_port() -> int:
@@ -135,16 +171,29 @@ def main() -> int:
     ap.add_argument("--latency-s", type=float, default=0.5, help="scripted judge latency per critique")
     ap.add_argument("--size", type=int, default=256, help="image side in pixels")
     ap.add_argument("--skip-direct", action="store_true")
+    ap.add_argument("--burn", action="store_true", help="measure the cost of oversized images instead")
+    ap.add_argument("--burn-size", type=int, default=7990)
+    ap.add_argument("--burn-images", type=int, default=8)
+    ap.add_argument("--burn-requests", type=int, default=4)
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra option for `serve` (repeatable)")
     args = ap.parse_args()
 
-    n_images = args.clients * args.items * 2
+    n_images = 0 if args.burn else args.clients * args.items * 2
     images = [noisy_png(i, args.size) for i in range(min(n_images, 256))]
     bodies = []
-    for r in range(max(1, len(images) // args.items)):
+    for r in range(max(1, len(images) // args.items) if images else 0):
         items = [{"prompt": f"benchmark prompt {r}", "image": base64.b64encode(images[(r * args.items + k) % len(images)]).decode()}
                  for k in range(args.items)]
         bodies.append(json.dumps({"items": items, "scores_only": True}).encode())
-    print(f"{args.clients} clients x {args.requests} requests x {args.items} images of {args.size}px "
+    if args.burn:
+        png = big_png(args.burn_size)
+        image = base64.b64encode(png).decode()
+        burn_body = json.dumps({"items": [{"prompt": "p", "image": image} for _ in range(args.burn_images)],
+                                "scores_only": True}).encode()
+        print(f"burn: {args.burn_requests} concurrent requests x {args.burn_images} PNGs of {args.burn_size} px "
+              f"({len(png) / 1e6:.1f} MB each); serve {' '.join(args.serve_arg) or '(defaults)'}; {os.cpu_count()} CPUs")
+    else:
+        print(f"{args.clients} clients x {args.requests} requests x {args.items} images of {args.size}px "
           f"(~{statistics.mean(len(b) for b in bodies) / 1e3:.0f} KB per request); judge latency {args.latency_s}s; "
           f"{os.cpu_count()} CPUs")
 
@@ -155,7 +204,7 @@ def main() -> int:
     port = free_port()
     server, _ = start([py, "-c", "from rationalrewards.cli.main import main; main()", "serve", "--base-url", judge_url,
                        "--model", "scripted-judge", "--port", str(port), "--concurrency", "4096",
-                       "--log-level", "warning"],
+                       "--log-level", "warning", *args.serve_arg],
                       env={**os.environ, "RATIONALREWARDS_TOKEN": ""})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -169,6 +218,20 @@ def main() -> int:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("reward server did not start: " + (server.stdout.read() if server.stdout else ""))
             time.sleep(0.2)
+        if args.burn:
+            rss0, _ = proc_rss_mb(server.pid)
+            cpu0_s = proc_cpu_s(server.pid)
+            t0 = time.perf_counter()
+            answers = asyncio.run(run_burn(url, burn_body, args.burn_requests))
+            elapsed = time.perf_counter() - t0
+            rss1, peak = proc_rss_mb(server.pid)
+            print(f"answers: {answers}")
+            print(f"wall {elapsed:.1f}s; server CPU {proc_cpu_s(server.pid) - cpu0_s:.1f}s; server RSS "
+                  f"{rss0:.0f} MB before, {rss1:.0f} MB after, peak {peak:.0f} MB")
+            print("server metrics: " + "; ".join(
+                ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
+                if ln.startswith(("rationalrewards_images_decoded_total", "rationalrewards_request_failures_total"))))
+            return 0
         n_items = args.clients * args.requests * args.items
         ideal = args.clients * args.items / args.latency_s
         asyncio.run(run_clients(url, bodies[:1], 1, 1))  # warm-up: connections, first imports
