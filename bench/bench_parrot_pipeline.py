@@ -1,6 +1,6 @@
 """PARROT pipeline throughput against a scripted teacher with a fixed latency.
 
-The teacher (``rationalrewards.parrot.scripted``) runs in its own process and answers every
+The teacher (the ``parrot-teacher`` scripted judge) runs in its own process and answers every
 request after ``--latency`` seconds, so the ideal wall time of a phase is
 ``calls * latency / concurrency``. The script runs the whole pipeline (ingest, anchor, filter,
 build-sft) twice on the same pairs:
@@ -31,18 +31,6 @@ from pathlib import Path
 
 from PIL import Image
 
-SERVER = """
-import sys, threading, signal
-from rationalrewards.testing.scripted_server import ScriptedServer
-from rationalrewards.parrot.scripted import scripted_teacher
-done = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: done.set())
-with ScriptedServer(scripted_teacher(), latency_s=float(sys.argv[1]), record=False) as s:
-    print("READY", s.base_url, flush=True)
-    done.wait()
-    print(s.chat_request_count, flush=True)
-"""
-
 
 def make_pairs(root: Path, n: int) -> Path:
     rng = random.Random(0)
@@ -67,7 +55,8 @@ def run_once(pairs: Path, out: Path, latency: float, concurrency: int) -> dict:
     from rationalrewards.parrot.config import resolve_config
     from rationalrewards.parrot.pipeline import Parrot
 
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(latency)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rationalrewards.testing.scripted_server", "--judge", "parrot-teacher",
+                             "--latency-s", str(latency), "--no-record"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().split()  # type: ignore[union-attr]
         assert line and line[0] == "READY", line
@@ -92,7 +81,7 @@ class InProcessTeacher:
     model_name = "teacher"
 
     def __init__(self) -> None:
-        from rationalrewards.parrot.scripted import scripted_teacher
+        from rationalrewards.testing.judges import scripted_teacher
 
         self.respond = scripted_teacher()
         self.calls = 0

@@ -20,7 +20,8 @@ from pathlib import Path
 from rationalrewards import RewardModel
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.refine import CallableGenerator, RefineConfig, RefineLoop, arefine_batch
-from rationalrewards.refine.toy import toy_critic, toy_generator
+from rationalrewards.refine.toy import toy_generator
+from rationalrewards.testing.judges import toy_critic
 from rationalrewards.testing.scripted_server import ScriptedServer
 
 GEN_S = 0.04

@@ -19,7 +19,7 @@ from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.parrot.config import resolve_config
 from rationalrewards.parrot.pipeline import Parrot
 from rationalrewards.parrot.prompts import TeacherTemplates
-from rationalrewards.parrot.scripted import scripted_teacher
+from rationalrewards.testing.judges import scripted_teacher
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "cyan", "pink", "brown", "gray"]

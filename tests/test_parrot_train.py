@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 from rationalrewards.backends import SamplingParams
 from rationalrewards.parrot.config import TrainConfig, resolve_config
 from rationalrewards.parrot.pipeline import Parrot
-from rationalrewards.parrot.scripted import scripted_teacher
+from rationalrewards.testing.judges import scripted_teacher
 from rationalrewards.testing.scripted_server import ScriptedServer
 
 

@@ -137,7 +137,7 @@ def test_configuration_layers_and_errors(tmp_path):
 
 def test_ties_can_be_trained_on_when_asked(tmp_path):
     from rationalrewards.parrot.pipeline import Parrot
-    from rationalrewards.parrot.scripted import scripted_teacher
+    from rationalrewards.testing.judges import scripted_teacher
     from rationalrewards.testing.scripted_server import ScriptedServer
 
     for c in ("red", "blue"):
@@ -170,7 +170,7 @@ def test_the_example_config_is_valid(examples_dir):
 
 def test_an_input_row_edited_in_place_is_read_and_anchored_again(tmp_path):
     from rationalrewards.parrot.pipeline import Parrot
-    from rationalrewards.parrot.scripted import scripted_teacher
+    from rationalrewards.testing.judges import scripted_teacher
     from rationalrewards.testing.scripted_server import ScriptedServer
 
     for c in ("red", "blue"):

@@ -20,7 +20,8 @@ from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.cli.main import app
 from rationalrewards.io import InputFileError
 from rationalrewards.refine import CallableGenerator, RefineConfig, arefine_batch, read_items
-from rationalrewards.refine.toy import toy_critic, toy_generator
+from rationalrewards.refine.toy import toy_generator
+from rationalrewards.testing.judges import toy_critic
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer
 
 TOY = "python:rationalrewards.refine.toy:toy_generator"

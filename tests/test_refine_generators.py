@@ -28,7 +28,8 @@ from rationalrewards.refine import (
     register_generator,
 )
 from rationalrewards.refine.generators import parse_kv_options
-from rationalrewards.refine.toy import toy_critic, toy_generator
+from rationalrewards.refine.toy import toy_generator
+from rationalrewards.testing.judges import toy_critic
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer
 
 

@@ -25,7 +25,8 @@ from rationalrewards.refine import (
     refine,
 )
 from rationalrewards.refine.refiner import anchor_request, intent_overlap, parse_refiner_answer
-from rationalrewards.refine.toy import inverted_generator, toy_critic, toy_generator
+from rationalrewards.refine.toy import inverted_generator, toy_generator
+from rationalrewards.testing.judges import toy_critic
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer
 
 PROMPT = "a grey square"

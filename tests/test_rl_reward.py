@@ -14,7 +14,7 @@ from rationalrewards import RewardModel
 from rationalrewards.backends import SamplingParams
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.rl import RationalReward, RewardFailure
-from rationalrewards.rl.scripted import brightness, pixel_judge, pixel_scores
+from rationalrewards.testing.judges import brightness, pixel_judge, pixel_scores
 from rationalrewards.testing.scripted_server import RecordedRequest, Reply, ScriptedServer
 
 GARBAGE = "I would rather not grade this picture."

@@ -26,8 +26,8 @@ from rationalrewards.rl import (
     RewardFailure,
     make_flow_grpo_reward_fn,
 )
-from rationalrewards.rl.scripted import pixel_judge
 from rationalrewards.serve import ServerThread, create_app
+from rationalrewards.testing.judges import pixel_judge
 from rationalrewards.testing.scripted_server import RecordedRequest, ScriptedServer
 
 T2I_KEYS = {"avg", "text_faithfulness", "physical_quality", "text_rendering"}

@@ -1,25 +1,15 @@
-"""A steerable toy generator and a matching scripted critic, for tests, docs and benchmarks.
+"""A steerable toy generator for tests, docs and benchmarks (no GPU, no model).
 
-Nothing here needs a GPU or a model. The generator paints a flat grey image whose brightness
-follows the request: each ``brighter`` raises it one level, each ``darker`` lowers it. The critic
-(a responder for :class:`~rationalrewards.testing.scripted_server.ScriptedServer`) rewards bright
-images and, like the released checkpoints, ends every critique with a refined request; it reads
-the brightness off the image and asks for one more ``brighter`` than it sees. Together they make
-a loop whose reward rises round by round only if the refined request reaches the generator, which
-is what the tests check::
-
-    from rationalrewards.refine.toy import toy_critic
-    from rationalrewards.testing.scripted_server import ScriptedServer
-
-    with ScriptedServer(toy_critic()) as server:
-        ...  # generator "python:rationalrewards.refine.toy:toy_generator", critic at server.base_url
+The generator paints a flat grey image whose brightness follows the request: each ``brighter``
+raises it one level, each ``darker`` lowers it. Use it as ``--generator
+python:rationalrewards.refine.toy:toy_generator``. Its scripted critic, which reads the
+brightness off the image and asks for one more ``brighter``, is the ``brightness`` judge of the
+test kit (``toy_critic`` in ``rationalrewards.testing.judges``): together they make a loop whose
+reward rises round by round only if the refined request reaches the generator.
 """
 
 from __future__ import annotations
 
-import io
-import re
-from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, ImageStat
@@ -54,63 +44,3 @@ def inverted_generator(request: str, *, seed: int, source: Any = None) -> Image.
     level = brightness_level(request)
     value = int(max(0, min(255, 200 - STEP * level + 5 * (seed % 3))))
     return Image.new("RGB", (SIZE, SIZE), (value, value, value))
-
-
-def brightness(png: bytes) -> float:
-    """Mean brightness of an encoded image, in [0, 1]."""
-    with Image.open(io.BytesIO(png)) as img:
-        return sum(ImageStat.Stat(img.convert("L")).mean) / 255.0
-
-
-def instruction_of(user_text: str) -> str:
-    """The request on the critic prompt's ``User Instruction:`` line."""
-    m = re.search(r"User Instruction:\s*(.*)", user_text)
-    return m.group(1).strip() if m else ""
-
-
-def toy_scores(value: float, task: str) -> dict[str, float | None]:
-    """Scores that make the reward equal the brightness: every dimension ``1 + 3 * value``."""
-    s = 1.0 + 3.0 * value
-    scores: dict[str, float | None] = {"text_faithfulness": s, "physical_quality": s, "text_rendering": None}
-    if task == "edit":
-        scores["image_faithfulness"] = s
-    return scores
-
-
-def toy_critic(
-    *,
-    refined: Callable[[str, float], str | None] | None = None,
-    pairwise_winner: str | None = None,
-) -> Callable[[Any], str]:
-    """A ScriptedServer responder judging brightness (reward = mean brightness).
-
-    ``refined(instruction, brightness)`` overrides the refined request (default: the instruction
-    plus one more ``, brighter`` than the image shows). ``pairwise_winner`` ("A", "B" or "tie")
-    forces pairwise verdicts; by default they follow brightness.
-    """
-    from ..testing.scripted_server import critique_text, detect_mode, detect_task, pairwise_text
-
-    def default_refined(instruction: str, value: float) -> str:
-        level = max(0, round((value * 255 - BASE_VALUE) / STEP))
-        return instruction + ", brighter" * (level + 1)
-
-    make_refined = refined or default_refined
-
-    def respond(req: Any) -> str:
-        task = detect_task(req)
-        images = [data for _, data in req.images()]
-        judged = images[1:] if task == "edit" else images
-        values = [brightness(d) for d in judged]
-        if detect_mode(req) == "pairwise":
-            a, b = toy_scores(values[0], task), toy_scores(values[1], task)
-            if pairwise_winner == "A":
-                a, b = toy_scores(1.0, task), toy_scores(0.0, task)
-            elif pairwise_winner == "B":
-                a, b = toy_scores(0.0, task), toy_scores(1.0, task)
-            elif pairwise_winner == "tie":
-                a = b = toy_scores(0.5, task)
-            return pairwise_text(task, a, b)
-        instruction = instruction_of(req.text("user"))
-        return critique_text(task, toy_scores(values[0], task), refined_request=make_refined(instruction, values[0]))
-
-    return respond

@@ -27,7 +27,8 @@ overlap; request bodies are read with ``readexactly``, parsed as JSON once, and 
 decoded when a test asks for them, so a throughput benchmark measures the client, not this server.
 
 Run ``python -m rationalrewards.testing.scripted_server --help`` for a stand-alone server (used by
-the benchmark to measure the server's CPU in its own process).
+the benchmarks to measure the server's CPU in its own process); ``--judge NAME`` picks one of the
+scripted judges of :mod:`rationalrewards.testing.judges`.
 """
 
 from __future__ import annotations
@@ -1164,18 +1165,25 @@ def cycle_responder(*replies: Reply | str) -> Responder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the default judge until SIGTERM/SIGINT; prints ``READY <base_url>`` when bound."""
+    """Serve a scripted judge (``--judge NAME``, default ``released``) until SIGTERM/SIGINT;
+    prints ``READY <base_url>`` when bound."""
+    from .judges import judge, judge_names
+
+    names = judge_names()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--model-name", default="scripted-judge")
     parser.add_argument("--no-record", action="store_true", help="keep only counters (benchmarks)")
+    parser.add_argument("--judge", default="released", choices=sorted(names),
+                        help="; ".join(f"{name}: {text}" for name, text in names.items()))
     args = parser.parse_args(argv)
+    responder = judge(args.judge)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     with ScriptedServer(
-        port=args.port, latency_s=args.latency_s, model_name=args.model_name, record=not args.no_record
+        responder, port=args.port, latency_s=args.latency_s, model_name=args.model_name, record=not args.no_record
     ) as server:
         print(f"READY {server.base_url}", flush=True)
         while not done.wait(0.5):

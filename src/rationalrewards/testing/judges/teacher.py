@@ -1,4 +1,4 @@
-"""A scripted PARROT teacher for offline tests, benchmarks and demos.
+"""The ``parrot-teacher`` judge: a scripted PARROT teacher for offline tests, benchmarks and demos.
 
 Plug :func:`scripted_teacher` into :class:`~rationalrewards.testing.scripted_server.ScriptedServer`
 and the server answers anchored, pointwise and re-prediction requests the way a teacher would, as
@@ -19,6 +19,9 @@ Tie pairs (``input.include_ties``) get equal scores and a ``tie`` re-prediction.
 
 ::
 
+    from rationalrewards.testing.judges import scripted_teacher
+    from rationalrewards.testing.scripted_server import ScriptedServer
+
     with ScriptedServer(scripted_teacher(), latency_s=0.05) as server:
         Parrot(cfg_with_teacher(server.base_url)).run()
 """
@@ -29,8 +32,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..testing.scripted_server import RecordedRequest, Responder, critique_text, detect_task, pairwise_text
-from .prompts import TeacherTemplates
+from ...parrot.prompts import TeacherTemplates
+from ..scripted_server import RecordedRequest, Responder, critique_text, detect_task, pairwise_text
 
 BEHAVIOURS = ("ok", "contra", "leak", "garbled", "fooled", "mixed", "vague", "verdict", "sided")
 

@@ -1,10 +1,10 @@
-"""Deterministic scripted judges for RL tests and benchmarks (no model, no GPU).
+"""The ``pixel`` judge: scores are functions of the judged image's pixels (no model, no GPU).
 
-The scores are functions of the judged image's pixels, so a trainer that makes images brighter
-(or redder) sees its reward go up, and a test can predict every score exactly::
+A trainer that makes images brighter (or redder) sees its reward go up, and a test can predict
+every score exactly::
 
+    from rationalrewards.testing.judges import pixel_judge
     from rationalrewards.testing.scripted_server import ScriptedServer
-    from rationalrewards.rl.scripted import pixel_judge
 
     with ScriptedServer(pixel_judge()) as server:
         rm = RewardModel.from_openai(server.base_url, model="scripted")
@@ -17,19 +17,21 @@ from collections.abc import Callable
 
 from PIL import Image, ImageStat
 
-from ..testing.scripted_server import RecordedRequest, Responder, detect_task, judge_responder
+from ..scripted_server import RecordedRequest, Responder, detect_task, judge_responder
 
 Scores = dict[str, "float | None"]
 
 
 def brightness(png: bytes) -> float:
-    """Mean luminance in [0, 1]."""
-    return ImageStat.Stat(Image.open(io.BytesIO(png)).convert("L")).mean[0] / 255.0
+    """Mean luminance of an encoded image, in [0, 1]."""
+    with Image.open(io.BytesIO(png)) as img:
+        return ImageStat.Stat(img.convert("L")).mean[0] / 255.0
 
 
 def redness(png: bytes) -> float:
     """How much red dominates, in [0, 1]."""
-    r, g, b = ImageStat.Stat(Image.open(io.BytesIO(png)).convert("RGB")).mean
+    with Image.open(io.BytesIO(png)) as img:
+        r, g, b = ImageStat.Stat(img.convert("RGB")).mean
     return max(0.0, (r - (g + b) / 2) / 255.0)
 
 
@@ -44,20 +46,22 @@ def pixel_scores(png: bytes) -> Scores:
     }
 
 
+def judged_images(req: RecordedRequest) -> list[bytes]:
+    """The images under judgement: every image but an edit's source (which comes first)."""
+    images = [data for _, data in req.images()]
+    return images[1:] if detect_task(req) == "edit" else images
+
+
 def pixel_judge(score: Callable[[bytes], Scores] = pixel_scores, *, refined_request: str | None = "a refined request"
                 ) -> Responder:
     """A responder answering in the released format with ``score(image bytes)`` for the judged
     image(s): pointwise the last image (an edit's source comes first), pairwise images A and B."""
 
-    def judged(req: RecordedRequest) -> list[bytes]:
-        images = [data for _, data in req.images()]
-        return images[1:] if detect_task(req) == "edit" else images
-
     def pointwise(req: RecordedRequest) -> Scores:
-        return score(judged(req)[-1])
+        return score(judged_images(req)[-1])
 
     def pairwise(req: RecordedRequest) -> tuple[Scores, Scores]:
-        a, b = judged(req)[-2:]
+        a, b = judged_images(req)[-2:]
         return score(a), score(b)
 
     return judge_responder(pointwise, pairwise, refined_request=refined_request)
