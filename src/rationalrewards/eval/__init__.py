@@ -17,12 +17,14 @@ from __future__ import annotations
 from .benchmarks import BENCHMARKS, Benchmark, PairItem, get_benchmark, register_benchmark
 from .labels import normalize_label, parse_ranking
 from .report import compare_reports, compute_report, load_report, write_report
-from .runner import Evaluation, RunStats, evaluate, read_results
+from .results import EvalResults, RunStats, read_results
+from .runner import Evaluation, evaluate
 from .sources import open_source
 
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
+    "EvalResults",
     "Evaluation",
     "PairItem",
     "RunStats",

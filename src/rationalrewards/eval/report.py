@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..critique.dimensions import keys_for
 from ..io import InputFileError, atomic_write_json, atomic_write_text
@@ -40,9 +40,7 @@ from .protocols import (
     three_way_acc,
     tie_calibrated_acc,
 )
-
-if TYPE_CHECKING:
-    from .runner import Evaluation, RunStats
+from .results import CONFIG, RUNS, EvalResults, RunStats
 
 THUMB_PX = 192
 _MAX_LISTED_FAILURES = 200
@@ -120,9 +118,17 @@ def pair_correct(official: ProtocolResult, rec: Record) -> bool:
 
 
 # -- the report ----------------------------------------------------------------------------------------
-def compute_report(ev: Evaluation, rows: dict[str, dict[str, Any]], *, bootstrap: int = 1000, seed: int = 0,
-                   bothbad_threshold: float = 0.5, last_run: RunStats | None = None) -> tuple[dict[str, Any], list[Record], dict[str, ProtocolResult]]:
-    """The report dict, the records and the protocol results (for the HTML)."""
+def compute_report(ev: EvalResults, rows: dict[str, dict[str, Any]] | None = None, *, bootstrap: int = 1000,
+                   seed: int = 0, bothbad_threshold: float = 0.5, last_run: RunStats | None = None,
+                   ) -> tuple[dict[str, Any], list[Record], dict[str, ProtocolResult]]:
+    """The report dict, the records and the protocol results (for the HTML).
+
+    ``ev`` is the evaluation's :class:`~rationalrewards.eval.results.EvalResults` (an
+    :class:`~rationalrewards.eval.Evaluation` is read through its ``snapshot()``); ``rows``
+    defaults to its saved result rows.
+    """
+    ev = _as_results(ev)
+    rows = ev.rows if rows is None else rows
     records = build_records(ev.items, rows)
     protos = compute_protocols(records, ev.bench.official, mode=ev.mode, swap=ev.swap,
                                tie_tolerance=ev.tie_tolerance, bothbad_threshold=bothbad_threshold)
@@ -155,8 +161,8 @@ def compute_report(ev: Evaluation, rows: dict[str, dict[str, Any]], *, bootstrap
     judged_in_runs = sum(r.get("judged", 0) for r in runs)
     wall_in_runs = sum(r.get("wall_s", 0.0) for r in runs if r.get("judged"))
 
-    model = (json.loads((ev.out / "config.json").read_text(encoding="utf-8")).get("model")
-             if (ev.out / "config.json").is_file() else None)
+    model = (json.loads((ev.out / CONFIG).read_text(encoding="utf-8")).get("model")
+             if (ev.out / CONFIG).is_file() else None)
     report: dict[str, Any] = {
         "benchmark": ev.bench.name,
         "benchmark_description": ev.bench.description,
@@ -209,11 +215,11 @@ def compute_report(ev: Evaluation, rows: dict[str, dict[str, Any]], *, bootstrap
             "per_judgement_prompt": None if not n_judgements else prompt_tokens / n_judgements,
             "per_judgement_completion": None if not n_judgements else completion_tokens / n_judgements,
         },
-        "settings": {**ev.settings(), "bothbad_threshold": bothbad_threshold, "bootstrap": bootstrap, "seed": seed},
+        "settings": {**ev.settings, "bothbad_threshold": bothbad_threshold, "bootstrap": bootstrap, "seed": seed},
         "model": model,
-        "data": {"source": ev.source.description, "rows": ev.n_rows, "fingerprint": ev.fingerprint(),
-                 "revision": ev.revision or ev.source.revision,
-                 "pinned": ev.source.revision is not None or not str(ev.source.description).startswith("hf://")},
+        "data": {"source": ev.source, "rows": ev.n_rows, "fingerprint": ev.fingerprint,
+                 "revision": ev.revision or ev.source_revision,
+                 "pinned": ev.source_revision is not None or not str(ev.source).startswith("hf://")},
         "published": {"numbers": dict(ev.bench.published), "note": PUBLISHED_NOTE} if ev.bench.published else None,
         "notes": ev.bench.notes or None,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -251,7 +257,7 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def _read_runs(out: Path) -> list[dict[str, Any]]:
-    path = out / "runs.jsonl"
+    path = out / RUNS
     if not path.is_file():
         return []
     runs = []
@@ -263,11 +269,19 @@ def _read_runs(out: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def write_report(ev: Evaluation, *, bootstrap: int = 1000, seed: int = 0, bothbad_threshold: float = 0.5,
+def _as_results(ev: Any) -> EvalResults:
+    # The report reads results, never the runner: an Evaluation hands over its snapshot.
+    return ev if isinstance(ev, EvalResults) else ev.snapshot()
+
+
+def write_report(ev: EvalResults, *, bootstrap: int = 1000, seed: int = 0, bothbad_threshold: float = 0.5,
                  html_report: bool = True, html_max_images: int = 1000, exclude_failed: bool = False,
                  last_run: RunStats | None = None) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md`` and (unless ``html_report=False``) ``report.html``."""
-    rows = ev.results()
+    """Write ``report.json``, ``report.md`` and (unless ``html_report=False``) ``report.html`` into
+    ``ev.out``, from ``ev``'s saved rows (an :class:`~rationalrewards.eval.Evaluation` is read
+    through its ``snapshot()``)."""
+    ev = _as_results(ev)
+    rows = ev.rows
     report, records, protos = compute_report(ev, rows, bootstrap=bootstrap, seed=seed,
                                              bothbad_threshold=bothbad_threshold, last_run=last_run)
     ev.out.mkdir(parents=True, exist_ok=True)
@@ -392,29 +406,28 @@ def _thumb(cell: Any, base_dir: str | None) -> str:
     return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
 
 
-def _collect_images(ev: Evaluation, wanted: set[str]) -> dict[str, dict[str, list[str]]]:
+def _collect_images(ev: EvalResults, wanted: set[str]) -> dict[str, dict[str, list[str]]]:
     """Thumbnails for ``wanted`` ids (one more streaming pass; stops once all are found)."""
     found: dict[str, dict[str, list[str]]] = {}
     if not wanted:
         return found
     try:
-        for row in ev._rows(light=False):
-            for item in ev.bench.adapter(row, ev.columns, False):
-                if item.id in wanted and item.id not in found:
-                    srcs = item.source if isinstance(item.source, list) else ([item.source] if item.source else [])
-                    found[item.id] = {
-                        "source": [_thumb(s, item.base_dir) for s in srcs],
-                        "A": [_thumb(item.image_a, item.base_dir)] if item.image_a is not None else [],
-                        "B": [_thumb(item.image_b, item.base_dir)] if item.image_b is not None else [],
-                    }
-            if len(found) == len(wanted):
-                break
+        for item in ev.items_with_images():
+            if item.id in wanted and item.id not in found:
+                srcs = item.source if isinstance(item.source, list) else ([item.source] if item.source else [])
+                found[item.id] = {
+                    "source": [_thumb(s, item.base_dir) for s in srcs],
+                    "A": [_thumb(item.image_a, item.base_dir)] if item.image_a is not None else [],
+                    "B": [_thumb(item.image_b, item.base_dir)] if item.image_b is not None else [],
+                }
+                if len(found) == len(wanted):
+                    break
     except (InputFileError, OSError) as exc:  # the report still lists every mismatch, without images
         found.setdefault("__error__", {"source": [html.escape(str(exc))], "A": [], "B": []})
     return found
 
 
-def render_html(ev: Evaluation, report: dict[str, Any], records: Sequence[Record], rows: dict[str, dict[str, Any]],
+def render_html(ev: EvalResults, report: dict[str, Any], records: Sequence[Record], rows: dict[str, dict[str, Any]],
                 official: ProtocolResult, *, max_images: int = 1000) -> str:
     esc = html.escape
     mismatches = [r for r in records if not r.failed and not pair_correct(official, r)]

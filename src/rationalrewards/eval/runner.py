@@ -20,46 +20,23 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from ..critique.aggregate import decide_pair
-from ..io import InputFileError, ResumableJsonl, atomic_write_json, latest_rows
+from ..io import InputFileError, ResumableJsonl, atomic_write_json
 from .benchmarks import Benchmark, PairItem, get_benchmark
 from .labels import label_repr
+from .results import CONFIG, RESULTS, RUNS, EvalResults, RunStats, read_results
 from .sources import RowSource, open_source
 
+__all__ = ["CONFIG", "RESULTS", "RUNS", "Evaluation", "RunStats", "evaluate", "read_results", "result_row"]
+
 Mode = Literal["pairwise", "pointwise"]
-RESULTS = "results.jsonl"
-CONFIG = "config.json"
-RUNS = "runs.jsonl"
 # Settings that change what a stored verdict means: a resumed run must use the same ones.
 _PINNED = ("benchmark", "mode", "swap", "tie_tolerance")
 _PINNED_MODEL = ("model", "templates", "aggregation")
-
-
-@dataclass
-class RunStats:
-    """What one invocation did (throughput is measured over the judged items only)."""
-
-    judged: int = 0
-    ok: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    judgements: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    wall_s: float = 0.0
-    skipped_done: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "judged": self.judged, "ok": self.ok, "failed": dict(self.failed), "judgements": self.judgements,
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "wall_s": round(self.wall_s, 3), "skipped_done": self.skipped_done,
-            "items_per_s": None if not self.wall_s else self.judged / self.wall_s,
-        }
 
 
 class Evaluation:
@@ -305,16 +282,24 @@ class Evaluation:
         """The saved result rows by id (the latest row per id)."""
         return read_results(self.out / RESULTS)
 
+    def _items_with_images(self) -> Any:
+        for row in self._rows(light=False):
+            yield from self.bench.adapter(row, self.columns, False)
+
+    def snapshot(self) -> EvalResults:
+        """The data's index and the saved results as they are now: what a report reads."""
+        return EvalResults(
+            bench=self.bench, items=list(self.items), out=self.out, mode=self.mode, swap=self.swap,
+            tie_tolerance=self.tie_tolerance, settings=self.settings(), source=self.source.description,
+            source_revision=self.source.revision, revision=self.revision, n_rows=self.n_rows,
+            fingerprint=self.fingerprint(), rows=self.results(), items_with_images=self._items_with_images,
+        )
+
     def write_report(self, **kwargs: Any) -> dict[str, Any]:
         """Compute the report from ``results.jsonl`` and write report.json / .md / .html."""
         from .report import write_report
 
-        return write_report(self, **kwargs)
-
-
-def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """The saved result of each pair (torn lines skipped; a success is never undone by a later failure)."""
-    return latest_rows(path)
+        return write_report(self.snapshot(), **kwargs)
 
 
 def _describe(rm: Any) -> dict[str, Any]:

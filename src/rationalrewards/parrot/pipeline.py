@@ -44,6 +44,7 @@ from ..io import InputFileError, atomic_write_json
 from .checks import REASONS, LeakDetector, pairwise_consistency, pointwise_consistency
 from .config import SAVED_CONFIG, ParrotConfig, changed_settings, load_saved
 from .data import ColumnMap, ImageStore, Pair, PairError, iter_rows, normalise_row, peek_good_row, row_id
+from .layout import ParrotFolder
 from .prompts import (
     TeacherTemplates,
     anchor_pairwise_messages,
@@ -160,6 +161,7 @@ class Parrot:
             raise ParrotError("no output folder: pass --out DIR")
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.folder = ParrotFolder(self.out)
         self._backend = backend
         self.progress = progress or _no_progress
         self.log = log or (lambda _msg: None)
@@ -179,30 +181,30 @@ class Parrot:
         self._written = 0
         self.timing: dict[str, Any] = {}
 
-    # -- paths ----------------------------------------------------------------------------------
+    # -- paths (named once, in layout.ParrotFolder) ---------------------------------------------
     @property
     def pairs_path(self) -> Path:
-        return self.out / "pairs.jsonl"
+        return self.folder.pairs_path
 
     @property
     def bad_path(self) -> Path:
-        return self.out / "bad_pairs.jsonl"
+        return self.folder.bad_path
 
     @property
     def anchored_path(self) -> Path:
-        return self.out / "anchored.jsonl"
+        return self.folder.anchored_path
 
     @property
     def repredict_path(self) -> Path:
-        return self.out / "work" / "repredict.jsonl"
+        return self.folder.repredict_path
 
     @property
     def filtered_path(self) -> Path:
-        return self.out / "filtered.jsonl"
+        return self.folder.filtered_path
 
     @property
     def sft_dir(self) -> Path:
-        return self.out / "sft"
+        return self.folder.sft_dir
 
     # -- plumbing -------------------------------------------------------------------------------
     def _tick(self, phase: str) -> None:
@@ -775,7 +777,7 @@ class Parrot:
     def write_stats(self) -> dict[str, Any]:
         from .stats import compute_stats, render_summary
 
-        stats = compute_stats(self)
+        stats = compute_stats(self.folder, self.cfg)
         stats["last_run"] = {"timing_s": dict(self.timing)}
         atomic_write_json(self.out / "stats.json", stats)
         from ..io import atomic_write_text

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..critique.dimensions import keys_for
 from .checks import REASONS
+from .config import ParrotConfig
+from .layout import ParrotFolder
 from .store import iter_jsonl
-
-if TYPE_CHECKING:
-    from .pipeline import Parrot
 
 _BINS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 
@@ -42,14 +41,14 @@ def _rate(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def compute_stats(parrot: Parrot) -> dict[str, Any]:
-    cfg = parrot.cfg
-    out = parrot.out
+def compute_stats(folder: ParrotFolder, cfg: ParrotConfig) -> dict[str, Any]:
+    """Every number of ``stats.json`` from the files in ``folder`` and the run's settings ``cfg``."""
+    out = folder.out
     stats: dict[str, Any] = {"out": str(out)}
 
     # -- input ------------------------------------------------------------------------------------
-    pairs = list(iter_jsonl(parrot.pairs_path))
-    bad = list(iter_jsonl(parrot.bad_path))
+    pairs = list(iter_jsonl(folder.pairs_path))
+    bad = list(iter_jsonl(folder.bad_path))
     labels = Counter(p["label"] for p in pairs)
     stats["pairs"] = {
         "in": len(pairs) + len(bad),
@@ -67,7 +66,7 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
     tokens: dict[str, Counter[str]] = defaultdict(Counter)
     a_counts: Counter[str] = Counter()
     implied_a = shown_a = parsed_pw = 0
-    for row in iter_jsonl(parrot.anchored_path):
+    for row in iter_jsonl(folder.anchored_path):
         kind = row["kind"]
         a_counts[f"{kind}_calls"] += 1
         if not row.get("generated"):
@@ -100,7 +99,7 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
 
     # -- repredict tokens ---------------------------------------------------------------------------
     rp_calls = rp_failed = 0
-    for row in iter_jsonl(parrot.repredict_path):
+    for row in iter_jsonl(folder.repredict_path):
         rp_calls += 1
         if not row.get("generated"):
             rp_failed += 1
@@ -117,7 +116,7 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
     na: Counter[str] = Counter()
     rp = Counter()
     n_filtered = 0
-    for row in iter_jsonl(parrot.filtered_path):
+    for row in iter_jsonl(folder.filtered_path):
         n_filtered += 1
         kind = row["kind"]
         c = f_counts[kind]
@@ -194,7 +193,7 @@ def compute_stats(parrot: Parrot) -> dict[str, Any]:
     }
 
     # -- sft ---------------------------------------------------------------------------------------
-    manifest_path = parrot.sft_dir / "manifest.json"
+    manifest_path = folder.sft_dir / "manifest.json"
     if manifest_path.is_file():
         m = json.loads(manifest_path.read_text(encoding="utf-8"))
         stats["sft"] = {"counts": m.get("counts"), "dropped": m.get("dropped")}

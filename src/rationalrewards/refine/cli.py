@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,12 +16,8 @@ from ..cli.common import (
     EXIT_INPUT,
     EXIT_OK,
     EXIT_PARSE,
-    AggregationOpt,
-    CacheOpt,
     JsonOpt,
-    MaxPixelsOpt,
-    TemplatesOpt,
-    backend_options,
+    backend_command,
     emit_json,
     err_console,
     fail,
@@ -31,8 +31,52 @@ _GEN = "Generator"
 _CRITIC = "Critic (scores every image against the original request)"
 _REFINER = "Refiner (optional separate model that writes the next request)"
 
+# Before the critic's options came from backend_command, four of them had no prefix; those
+# spellings keep working as second names of the --critic- options.
+_LEGACY_CRITIC_FLAGS = {
+    "critic_max_pixels": "--max-pixels",
+    "critic_cache": "--cache",
+    "critic_templates": "--templates",
+    "critic_aggregation": "--aggregation",
+}
 
+
+def _with_flag_aliases(aliases: dict[str, str]) -> Callable[[Any], Any]:
+    """Give options of a typer command (by parameter name) a second flag name.
+
+    Raises ``TypeError`` at import time when a named parameter is missing or is not an
+    ``Annotated[..., typer.Option(...)]`` option, so a change in ``backend_command`` cannot
+    silently drop an old flag name.
+    """
+
+    def deco(fn: Any) -> Any:
+        sig = inspect.signature(fn)
+        missing = sorted(set(aliases) - set(sig.parameters))
+        if missing:
+            raise TypeError(f"{fn.__name__} has no option parameter(s) {missing} to alias")
+        params = []
+        for p in sig.parameters.values():
+            alias = aliases.get(p.name)
+            if alias is not None:
+                base, *meta = typing.get_args(p.annotation) or (None,)
+                info = next((m for m in meta if isinstance(m, typer.models.OptionInfo)), None)
+                if info is None:
+                    raise TypeError(f"{fn.__name__}: parameter {p.name} is not a typer option")
+                info = copy.copy(info)
+                info.param_decls = (*(info.param_decls or ()), alias)
+                p = p.replace(annotation=Annotated[base, info])
+            params.append(p)
+        fn.__signature__ = sig.replace(parameters=params)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return deco
+
+
+@_with_flag_aliases(_LEGACY_CRITIC_FLAGS)
+@backend_command("critic-", dest="critic_options", required=False, panel=_CRITIC)
 def refine_cmd(
+    critic_options: dict[str, Any] | None,
     generator: Annotated[str, typer.Option("--generator", help="diffusers:PATH_OR_ID | openai:BASE_URL\\[#model] | python:module:function")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (resumes if it holds the same run).")],
     prompt: Annotated[str | None, typer.Option("--prompt", help="The request (t2i prompt or edit instruction).")] = None,
@@ -71,23 +115,7 @@ def refine_cmd(
     gen_api_key: Annotated[str | None, typer.Option("--gen-api-key", help="openai: bearer key (default $OPENAI_API_KEY).", rich_help_panel=_GEN)] = None,
     gen_size: Annotated[str | None, typer.Option("--gen-size", help="openai: size such as 1024x1024.", rich_help_panel=_GEN)] = None,
     gen_timeout: Annotated[float, typer.Option("--gen-timeout", help="openai: seconds per request.", rich_help_panel=_GEN)] = 600.0,
-    # -- critic
-    critic_base_url: Annotated[list[str] | None, typer.Option("--critic-base-url", help="OpenAI-compatible critic server (repeat to balance).", rich_help_panel=_CRITIC)] = None,
-    critic_model: Annotated[str | None, typer.Option("--critic-model", help="Served name with --critic-base-url; else a local folder / HF id.", rich_help_panel=_CRITIC)] = None,
-    critic_api_key: Annotated[str | None, typer.Option("--critic-api-key", rich_help_panel=_CRITIC)] = None,
-    critic_concurrency: Annotated[int, typer.Option("--critic-concurrency", min=1, rich_help_panel=_CRITIC)] = 16,
-    critic_timeout: Annotated[float, typer.Option("--critic-timeout", rich_help_panel=_CRITIC)] = 300.0,
-    critic_max_retries: Annotated[int, typer.Option("--critic-max-retries", min=0, rich_help_panel=_CRITIC)] = 4,
-    critic_temperature: Annotated[float, typer.Option("--critic-temperature", rich_help_panel=_CRITIC)] = 0.1,
-    critic_max_tokens: Annotated[int, typer.Option("--critic-max-tokens", min=1, rich_help_panel=_CRITIC)] = 4096,
-    critic_seed: Annotated[int | None, typer.Option("--critic-seed", rich_help_panel=_CRITIC)] = None,
-    critic_device: Annotated[str, typer.Option("--critic-device", rich_help_panel=_CRITIC)] = "auto",
-    critic_dtype: Annotated[str, typer.Option("--critic-dtype", rich_help_panel=_CRITIC)] = "auto",
-    critic_batch_size: Annotated[int, typer.Option("--critic-batch-size", min=1, rich_help_panel=_CRITIC)] = 8,
-    max_pixels: MaxPixelsOpt = 802_816,
-    cache: CacheOpt = None,
-    templates: TemplatesOpt = None,
-    aggregation: AggregationOpt = "default",
+    # -- critic: the shared backend options with a critic- prefix (backend_command)
     # -- refiner
     refiner_base_url: Annotated[list[str] | None, typer.Option("--refiner-base-url", rich_help_panel=_REFINER)] = None,
     refiner_model: Annotated[str | None, typer.Option("--refiner-model", rich_help_panel=_REFINER)] = None,
@@ -96,7 +124,12 @@ def refine_cmd(
     refiner_max_tokens: Annotated[int, typer.Option("--refiner-max-tokens", min=1, rich_help_panel=_REFINER)] = 1024,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate -> critique against the ORIGINAL request -> keep the best -> refine the request -> repeat."""
+    """Generate -> critique against the ORIGINAL request -> keep the best -> refine the request -> repeat.
+
+    The critic is chosen with the shared backend options, prefixed: --critic-base-url,
+    --critic-model, --critic-concurrency, ... (--max-pixels, --cache, --templates and --aggregation
+    are accepted as the old spellings of their --critic- options).
+    """
     from ..backends import SamplingParams
     from .generators import GeneratorInputError, generator_from_spec, parse_kv_options
     from .loop import RefineConfig, RefineInputError
@@ -129,10 +162,11 @@ def refine_cmd(
         )
     except (RefineInputError, GeneratorInputError) as exc:
         fail(str(exc), EXIT_INPUT)
-    opts = backend_options(critic_base_url, critic_model, critic_api_key, critic_concurrency, critic_timeout,
-                           critic_max_retries, critic_temperature, critic_max_tokens, critic_seed, critic_device,
-                           critic_dtype, critic_batch_size, max_pixels, cache, templates, aggregation, prefix="critic-")
-    critic = make_reward_model(opts)
+    if critic_options is None:
+        fail("choose a critic: --critic-base-url URL (with --critic-model NAME) or --critic-model PATH_OR_HF_ID",
+             EXIT_INPUT)
+    assert critic_options is not None
+    critic = make_reward_model(critic_options)
     refiner = None
     if refiner_base_url or refiner_model:
         from ..backends import BackendError
@@ -141,7 +175,8 @@ def refine_cmd(
         try:
             refiner = Refiner.from_options(
                 base_url=refiner_base_url or None, model=refiner_model, api_key=refiner_api_key,
-                timeout=critic_timeout, max_retries=critic_max_retries, device=critic_device, dtype=critic_dtype,
+                timeout=critic_options["timeout"], max_retries=critic_options["max_retries"],
+                device=critic_options["device"], dtype=critic_options["dtype"],
                 sampling=SamplingParams(temperature=refiner_temperature, max_tokens=refiner_max_tokens),
             )
         except (ValueError, FileNotFoundError) as exc:
