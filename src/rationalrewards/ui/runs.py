@@ -223,7 +223,8 @@ def _open_eval(path: Path) -> Run:
         else:
             verdict = f"people: {label} · model: {pred} · {'wrong' if wrong else 'right'}"
             if row.get("margin") is not None:
-                verdict += f" · margin {row['margin']:g} (score-sum gap A − B)"
+                gap = "reward gap A − B" if row.get("mode") == "pointwise" else "score-sum gap A − B"
+                verdict += f" · margin {row['margin']:g} ({gap}{', mean of both orders' if row.get('swap') else ''})"
         scores = []
         texts = []
         for o in row.get("orders") or []:
