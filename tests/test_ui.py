@@ -137,3 +137,15 @@ def test_cli_refuses_a_public_address_without_a_token_and_needs_one_judge():
     assert out.exit_code == 2 and "--demo" in out.output
     out = runner.invoke(app, ["--demo", "--model", "x"])
     assert out.exit_code == 2 and "not both" in out.output
+
+
+def test_browser_tests_skip_without_chromium_but_fail_under_ci(monkeypatch, tmp_path):
+    from browser_support import open_browser
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium, no chromedriver here
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="browser-setup"):
+        next(open_browser())
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        next(open_browser())

@@ -208,3 +208,19 @@ def test_browse_a_parent_folder_lists_every_run_in_it(browser, ui_url, runs):
     options = wait_for(lambda: [o.text for o in browser.find_elements("css selector", "ul[role=listbox] li")],
                        what="the run list")
     assert any(o.startswith("eval") for o in options) and any(o.startswith("refine") for o in options)
+
+
+def test_with_the_demo_judge_a_clicked_example_fills_the_form_and_is_judged(browser, ui_url):
+    viewport(browser, WIDE)
+    open_tab(browser, ui_url, "Critique")
+    # The third example is the edit whose requested change was not made.
+    rows = wait_for(lambda: [r for r in browser.find_elements("css selector", "table tbody tr") if r.is_displayed()],
+                    what="the demo examples")
+    rows[2].click()
+    wait_for(lambda: css(browser, "#critique-request textarea").get_attribute("value") == "Turn the blue circle red",
+             what="the example's request in the form")
+    wait_for(lambda: "edit_source" in text_of(browser, "#critique-sources"), what="the example's source image")
+    css(browser, "#critique-run").click()
+    result(browser, "critique-result")
+    assert dim_score(browser, "text_faithfulness") == "1.50 / 4"
+    assert dim_score(browser, "image_faithfulness") == "4.00 / 4"
