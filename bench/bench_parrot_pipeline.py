@@ -55,7 +55,7 @@ def run_once(pairs: Path, out: Path, latency: float, concurrency: int) -> dict:
     from rationalrewards.parrot.config import resolve_config
     from rationalrewards.parrot.pipeline import Parrot
 
-    proc = subprocess.Popen([sys.executable, "-m", "rationalrewards.testing.scripted_server", "--judge", "parrot-teacher",
+    proc = subprocess.Popen([sys.executable, "-m", "rationalrewards.testing.judges", "--judge", "parrot-teacher",
                              "--latency-s", str(latency), "--no-record"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().split()  # type: ignore[union-attr]

@@ -107,7 +107,7 @@ def test_no_submodule_shadows_an_exported_name():
 
 
 def test_the_stand_alone_server_serves_a_judge_by_name():
-    proc = subprocess.Popen([sys.executable, "-m", "rationalrewards.testing.scripted_server", "--judge", "toy-critic"],
+    proc = subprocess.Popen([sys.executable, "-m", "rationalrewards.testing.judges", "--judge", "toy-critic"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -130,6 +130,6 @@ def test_the_stand_alone_server_serves_a_judge_by_name():
 
 
 def test_the_stand_alone_server_refuses_an_unknown_judge():
-    res = subprocess.run([sys.executable, "-m", "rationalrewards.testing.scripted_server", "--judge", "nope"],
+    res = subprocess.run([sys.executable, "-m", "rationalrewards.testing.judges", "--judge", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "invalid choice: 'nope'" in res.stderr

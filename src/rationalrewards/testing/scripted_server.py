@@ -27,8 +27,8 @@ overlap; request bodies are read with ``readexactly``, parsed as JSON once, and 
 decoded when a test asks for them, so a throughput benchmark measures the client, not this server.
 
 Run ``python -m rationalrewards.testing.scripted_server --help`` for a stand-alone server (used by
-the benchmarks to measure the server's CPU in its own process); ``--judge NAME`` picks one of the
-scripted judges of :mod:`rationalrewards.testing.judges`.
+the benchmarks to measure the server's CPU in its own process); ``python -m
+rationalrewards.testing.judges --judge NAME`` serves one of the registered scripted judges.
 """
 
 from __future__ import annotations
@@ -1164,21 +1164,19 @@ def cycle_responder(*replies: Reply | str) -> Responder:
 # --------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve a scripted judge (``--judge NAME``, default ``released``) until SIGTERM/SIGINT;
-    prints ``READY <base_url>`` when bound."""
-    from .judges import judge, judge_names
-
-    names = judge_names()
+def arg_parser() -> argparse.ArgumentParser:
+    """The stand-alone server's options (``rationalrewards.testing.judges`` adds ``--judge``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--model-name", default="scripted-judge")
     parser.add_argument("--no-record", action="store_true", help="keep only counters (benchmarks)")
-    parser.add_argument("--judge", default="released", choices=sorted(names),
-                        help="; ".join(f"{name}: {text}" for name, text in names.items()))
-    args = parser.parse_args(argv)
-    responder = judge(args.judge)
+    return parser
+
+
+def serve_until_signalled(args: argparse.Namespace, responder: Responder | None = None) -> int:
+    """Serve ``responder`` (default: the default judge) until SIGTERM/SIGINT; prints
+    ``READY <base_url>`` when bound."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -1194,6 +1192,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the default judge until SIGTERM/SIGINT; prints ``READY <base_url>`` when bound."""
+    return serve_until_signalled(arg_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A scripted judge is a :data:`~rationalrewards.testing.scripted_server.Responder` for
 :class:`~rationalrewards.testing.scripted_server.ScriptedServer` whose answers are a deterministic
 function of the request. Each behaviour is registered by name, so a test, a benchmark running the
-server in its own process (``python -m rationalrewards.testing.scripted_server --judge NAME``) or a
+server in its own process (``python -m rationalrewards.testing.judges --judge NAME``) or a
 doc example asks for the same judge the same way::
 
     from rationalrewards.testing.judges import judge
