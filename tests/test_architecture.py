@@ -340,3 +340,15 @@ def test_refine_takes_its_critic_options_from_the_one_declaration():
     assert not missing, f"refine lacks critic options of backend_command: {missing}"
     # The names refine had before the single declaration keep working.
     assert {"--max-pixels", "--cache", "--templates", "--aggregation"} <= flags
+
+
+@pytest.mark.parametrize("flag", ["--critic-max-pixels", "--max-pixels"])
+def test_both_spellings_of_a_critic_option_are_one_checked_option(flag, tmp_path):
+    from typer.testing import CliRunner
+
+    from rationalrewards.cli.main import app
+
+    res = CliRunner().invoke(app, ["refine", "--prompt", "x", "--generator", "python:rationalrewards.refine.toy:toy_generator",
+                                   "--out", str(tmp_path), "--critic-base-url", "http://127.0.0.1:9/v1", flag, "0"])
+    assert res.exit_code == 2
+    assert "must be >= 1" in " ".join(res.output.split())
