@@ -87,12 +87,8 @@ class GroupSampler:
 
     def encode(self, rows: Sequence[PromptRow]) -> tuple[Cond, list[list[Any]] | None]:
         """Conditioning for ``rows`` (one entry per group) and, for edits, each group's sources."""
-        cond = self.family.encode_prompts([r.prompt for r in rows])
-        sources = None
-        if self.task == "edit":
-            sources = [[open_source(p) for p in r.sources] for r in rows]
-            cond = cond.merge(self.family.encode_sources(sources))
-        return cond, sources
+        sources = [[open_source(p) for p in r.sources] for r in rows] if self.task == "edit" else None
+        return self.family.encode([r.prompt for r in rows], sources), sources
 
     def velocity_fn(self, cond: Cond) -> Callable[[Any, Any], Any]:
         def velocity(x: Any, sigma: Any) -> Any:

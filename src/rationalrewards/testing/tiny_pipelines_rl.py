@@ -3,6 +3,11 @@
 * :func:`build_tiny_sd3` / :func:`build_tiny_sd3_cached`: a tiny ``StableDiffusion3Pipeline``
   folder (two CLIP encoders with projection + T5, a 1-layer SD3 transformer, a VAE with no
   downsampling), shaped like ``stabilityai/stable-diffusion-3.5-medium``.
+* :func:`build_tiny_qwen_image` / :func:`build_tiny_qwen_image_edit` (and ``_cached``): tiny
+  ``QwenImagePipeline`` and ``QwenImageEditPlusPipeline`` folders (a 2-layer Qwen-Image
+  transformer, a 3-level Qwen-Image VAE, a tiny Qwen2.5-VL text encoder with the BPE tokenizer of
+  :mod:`rationalrewards.testing.tiny_models`, and for edits a Qwen2-VL processor with a tiny
+  pixel budget), sized like diffusers' own tests of those pipelines.
 * :func:`random_flux_pipeline`: an in-memory ``FluxPipeline`` of any width and depth with a
   real-shaped VAE (8x downsampling, 16 latent channels), for step-time and memory measurements
   on a GPU. Its text encoders and tokenizers are the tiny ones of
@@ -22,18 +27,26 @@ import shutil
 import uuid
 from typing import Any
 
-__all__ = ["build_tiny_sd3", "build_tiny_sd3_cached", "random_flux_pipeline"]
+__all__ = [
+    "build_tiny_qwen_image",
+    "build_tiny_qwen_image_cached",
+    "build_tiny_qwen_image_edit",
+    "build_tiny_qwen_image_edit_cached",
+    "build_tiny_sd3",
+    "build_tiny_sd3_cached",
+    "random_flux_pipeline",
+]
 
 _BUILDER_VERSION = 1
 _MARKER = "rationalrewards_tiny_pipeline.json"
 
 
-def _params(seed: int) -> dict[str, Any]:
+def _params(seed: int, kind: str = "sd3") -> dict[str, Any]:
     import diffusers
     import torch
     import transformers
 
-    return {"builder": "rationalrewards.testing.tiny_pipelines_rl", "version": _BUILDER_VERSION, "kind": "sd3",
+    return {"builder": "rationalrewards.testing.tiny_pipelines_rl", "version": _BUILDER_VERSION, "kind": kind,
             "seed": seed, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "torch": torch.__version__.split("+")[0]}
 
@@ -86,11 +99,86 @@ def _write_sd3(out: pathlib.Path, seed: int) -> None:
     pipe.save_pretrained(out)
 
 
-def build_tiny_sd3(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> pathlib.Path:
-    """A tiny random ``StableDiffusion3Pipeline`` in ``path`` (reused when already built with the
-    same seed and library versions; written to a temporary sibling and renamed into place)."""
+# Prompts of the trainer's tests and the pipelines' own templates: the tiny BPE vocabulary learns
+# their merges, so they encode to a few tokens each.
+_QWEN_CORPUS = [
+    "a red cat", "a blue dog", "a green tree", "a yellow sun", "a white house", "a road", "make it green",
+    "make it grey", "add a hat", "Picture 1: ", "Picture 2: ", "Picture 3: ",
+    "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of "
+    "the objects and background:",
+    "Describe the key features of the input image (color, shape, size, texture, objects, background), then "
+    "explain how the user's text instruction should alter or modify the image.",
+]
+
+
+def _write_qwen(out: pathlib.Path, seed: int, edit: bool) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    from .tiny_models import _train_tokenizer
+
+    tok = _train_tokenizer(_QWEN_CORPUS * 4, 400)
+    ids = tok.convert_tokens_to_ids
+    special = {"bos_token_id": None, "eos_token_id": ids("<|im_end|>"), "pad_token_id": ids("<|endoftext|>")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+            joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+        )
+        z = 4
+        vae = AutoencoderKLQwenImage(base_dim=z * 6, z_dim=z, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True], latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "num_key_value_heads": 2, "vocab_size": len(tok), "rope_theta": 1e6,
+                         "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                         **special},
+            vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                           "out_hidden_size": 16},
+            hidden_size=16, vocab_size=len(tok), vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"), vision_token_id=ids("<|vision_pad|>"),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"), **special,
+        ))
+    # Dynamic shifting as in Qwen-Image's scheduler, with sequence bounds that fit tiny images.
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=16, max_image_seq_len=256)
+    if edit:
+        # Qwen2.5-VL's vision tower sees each source at 28x28 to 56x56 pixels (a handful of tokens).
+        budget = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+        processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**budget), tokenizer=tok,
+                                     video_processor=Qwen2VLVideoProcessor(**budget))
+        pipe: Any = QwenImageEditPlusPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                                              processor=processor, transformer=transformer)
+    else:
+        pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                                 transformer=transformer)
+    pipe.save_pretrained(out)
+
+
+_WRITERS = {
+    "sd3": lambda out, seed: _write_sd3(out, seed),
+    "qwen-image": lambda out, seed: _write_qwen(out, seed, edit=False),
+    "qwen-image-edit": lambda out, seed: _write_qwen(out, seed, edit=True),
+}
+
+
+def _build(kind: str, path: str | os.PathLike[str], seed: int, overwrite: bool) -> pathlib.Path:
     path = pathlib.Path(path).expanduser()
-    params = _params(seed)
+    params = _params(seed, kind)
     marker = path / _MARKER
     if not overwrite and marker.is_file():
         try:
@@ -101,7 +189,7 @@ def build_tiny_sd3(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        _write_sd3(tmp, seed)
+        _WRITERS[kind](tmp, seed)
         (tmp / _MARKER).write_text(json.dumps({"params": params}, indent=2) + "\n", encoding="utf-8")
         if path.exists():
             shutil.rmtree(path)
@@ -112,12 +200,42 @@ def build_tiny_sd3(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bo
     return path
 
 
-def build_tiny_sd3_cached(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
-    """:func:`build_tiny_sd3` once under ``cache_dir`` / ``$RATIONALREWARDS_CACHE`` / ``~/.cache/rationalrewards``."""
+def _cache_root(cache_dir: str | os.PathLike[str] | None) -> pathlib.Path:
     from .tiny_models import default_cache_root
 
-    root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    return build_tiny_sd3(root / "tiny-sd3")
+    return pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+
+
+def build_tiny_sd3(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> pathlib.Path:
+    """A tiny random ``StableDiffusion3Pipeline`` in ``path`` (reused when already built with the
+    same seed and library versions; written to a temporary sibling and renamed into place)."""
+    return _build("sd3", path, seed, overwrite)
+
+
+def build_tiny_sd3_cached(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """:func:`build_tiny_sd3` once under ``cache_dir`` / ``$RATIONALREWARDS_CACHE`` / ``~/.cache/rationalrewards``."""
+    return build_tiny_sd3(_cache_root(cache_dir) / "tiny-sd3")
+
+
+def build_tiny_qwen_image(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> pathlib.Path:
+    """A tiny random ``QwenImagePipeline`` in ``path`` (reused like :func:`build_tiny_sd3`)."""
+    return _build("qwen-image", path, seed, overwrite)
+
+
+def build_tiny_qwen_image_cached(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """:func:`build_tiny_qwen_image` once under the cache folder."""
+    return build_tiny_qwen_image(_cache_root(cache_dir) / "tiny-qwen-image")
+
+
+def build_tiny_qwen_image_edit(path: str | os.PathLike[str], *, seed: int = 0,
+                               overwrite: bool = False) -> pathlib.Path:
+    """A tiny random ``QwenImageEditPlusPipeline`` in ``path`` (reused like :func:`build_tiny_sd3`)."""
+    return _build("qwen-image-edit", path, seed, overwrite)
+
+
+def build_tiny_qwen_image_edit_cached(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """:func:`build_tiny_qwen_image_edit` once under the cache folder."""
+    return build_tiny_qwen_image_edit(_cache_root(cache_dir) / "tiny-qwen-image-edit")
 
 
 def random_flux_pipeline(

@@ -14,7 +14,7 @@ import importlib
 from .base import Cond, FlowFamily
 from .registry import FAMILIES, family_for, register_family
 
-_BUILTIN = ("flux", "sd3")
+_BUILTIN = ("flux", "sd3", "qwen_image")
 
 for _name in _BUILTIN:
     importlib.import_module(f"{__name__}.{_name}")

@@ -93,6 +93,11 @@ class FlowFamily:
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         raise NotImplementedError
 
+    def encode(self, prompts: Sequence[str], sources: Sequence[Sequence[Image.Image]] | None) -> Cond:
+        """All conditioning for a set of groups; by default prompts and sources separately."""
+        cond = self.encode_prompts(prompts)
+        return cond.merge(self.encode_sources(sources)) if sources is not None else cond
+
     def encode_sources(self, sources: Sequence[Sequence[Image.Image]]) -> Cond:
         """Conditioning from each group's source images (one list per group)."""
         raise NotImplementedError(f"{self.name} pipelines do not take a source image")
