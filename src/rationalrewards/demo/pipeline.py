@@ -47,6 +47,7 @@ from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 from .generator import ErrorRates, draw_scene
+from .layout import REPORT_FILE, RUN_FOLDERS, STATE_FILE, SUMMARY_FILE, RunFolder
 from .vision import VISION_MARKER, prepare_vision
 from .world import (
     DIM_OF,
@@ -64,9 +65,8 @@ from .world import (
     write_templates,
 )
 
-STATE_FILE = "demo_state.json"
-SUMMARY_FILE = "summary.json"
-REPORT_FILE = "report.html"
+#: What the student starts from (see DemoConfig).
+BASES = ("shipped", "rebuild", "scratch")
 STAGES = ("world", "parrot", "student", "eval", "refine", "report")
 SUMMARY_VERSION = 1
 
@@ -87,8 +87,18 @@ class DemoConfig:
     Teacher and PARROT: ``teacher_noise`` (share of answers with one missed or hallucinated
     defect), ``rationalize`` (see :class:`~.teacher.DemoTeacher`), ``samples`` anchored rationales
     per pair, ``filter`` (False: train on the raw teacher output, the ablation).
-    Student: tiny Qwen3-VL sizes, optimiser settings, ``max_steps`` optimiser steps of
-    ``batch_size`` examples, ``max_new_tokens`` for greedy decoding.
+    Student: ``base`` is what SFT starts from: ``"shipped"`` (the pretrained base committed with
+    the package, :mod:`.base`), ``"rebuild"`` (pretrain a base afresh with the shipped recipe
+    and this run's seed, in ``DIR/student/base-build``), the path of a folder :func:`.base.pretrain_base`
+    wrote, or ``"scratch"`` (the earlier design: a
+    language model from random initialisation over a pretrained vision tower; ``hidden_size``,
+    ``num_layers``, ``vocab_size`` and ``vision_pretrain_*`` apply only to it). Optimiser
+    settings, ``max_steps`` optimiser steps of ``batch_size`` examples, ``max_new_tokens`` for
+    greedy decoding; ``sft_trainer`` ``"lean"`` (:mod:`.sft`: the same recipe without per-step
+    image processing, frozen-tower passes and trainer bookkeeping) or ``"trl"`` (``parrot
+    train`` itself); ``curve_points`` checkpoints of SFT evaluated on the first ``curve_pairs``
+    held-out pairs (the learning curve; 0 turns it off); ``zero_shot`` also evaluates the base
+    as a judge before PARROT.
     Refinement: ``refine_rounds`` rounds after round 0 with ``refine_candidates`` images each.
     """
 
@@ -96,7 +106,7 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     train_pairs: int = 1000
-    eval_pairs: int = 100
+    eval_pairs: int = 400
     refine_prompts: int = 16
     edit_rate: float = 0.25
     cue_rate: float = 0.2
@@ -107,6 +117,7 @@ class DemoConfig:
     anchor_orders: str = "both"
     select: str = "all"
     filter: bool = True
+    base: str = "shipped"
     hidden_size: int = 128
     num_layers: int = 2
     vision_pretrain_steps: int = 500
@@ -114,10 +125,14 @@ class DemoConfig:
     vocab_size: int = 1024
     learning_rate: float = 1e-3
     batch_size: int = 8
-    max_steps: int = 1500
+    max_steps: int = 600
     warmup_ratio: float = 0.03
     max_new_tokens: int = 240
+    sft_trainer: str = "lean"
     eval_batch_size: int = 16
+    curve_points: int = 2
+    curve_pairs: int = 100
+    zero_shot: bool = True
     refine_rounds: int = 2
     refine_candidates: int = 2
     teacher_reference: bool = True
@@ -128,10 +143,11 @@ class DemoConfig:
         """The default budget (about 10 minutes on two cores) or the ``--quick`` one (under 2)."""
         base: dict[str, Any] = {"quick": quick}
         if quick:
-            # Enough steps to learn the format from scratch, not to learn to look (docs/demo.md);
-            # a higher learning rate because only the format has to stick.
-            base.update(train_pairs=200, eval_pairs=30, refine_prompts=3, max_steps=200, learning_rate=2e-3,
-                        refine_rounds=1, vision_pretrain_steps=100, vision_pretrain_images=640)
+            # From the pretrained base, 100 steps learn the judge format (parse rate 0 -> ~1) but
+            # not yet to tell the images apart (measured: docs/demo.md); one curve point halfway.
+            base.update(train_pairs=200, eval_pairs=60, refine_prompts=3, max_steps=100, learning_rate=2e-3,
+                        refine_rounds=1, curve_points=1, curve_pairs=30, vision_pretrain_steps=100,
+                        vision_pretrain_images=640)
         base.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**base)
         cfg.validate()
@@ -144,7 +160,11 @@ class DemoConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("refine_prompts", "refine_rounds", "vision_pretrain_steps"):
+        if self.sft_trainer not in ("lean", "trl"):
+            raise ValueError(f"sft_trainer must be 'lean' or 'trl', got {self.sft_trainer!r}")
+        if not self.base:
+            raise ValueError(f"base must be one of {', '.join(BASES)} or a base model folder")
+        for name in ("refine_prompts", "refine_rounds", "vision_pretrain_steps", "curve_points", "curve_pairs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("edit_rate", "cue_rate", "teacher_noise", "rationalize", "warmup_ratio"):
@@ -394,7 +414,7 @@ def rationale_errors(parrot_dir: str | Path, truth_path: str | Path) -> dict[str
     }
 
 
-def claim_accuracy(eval_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
+def claim_accuracy(eval_dir: str | Path, truth_path: str | Path, *, ids: set[str] | None = None) -> dict[str, Any]:
     """Per critique dimension, how often a judge's claims about an image are exactly right.
 
     For every held-out judgement in ``eval_dir`` (an ``eval`` output folder) and each of its two
@@ -402,7 +422,7 @@ def claim_accuracy(eval_dir: str | Path, truth_path: str | Path) -> dict[str, An
     image's true defects on that dimension (both "nothing wrong" counts as right). Tells where a
     judge fails: seeing artefacts, matching objects to the request, reading the word, edits.
     ``majority`` is the score of always writing the most common true claim, the floor a judge
-    that has learnt nothing about that dimension reaches.
+    that has learnt nothing about that dimension reaches. ``ids`` restricts it to those pairs.
     """
     from .teacher import claimed_defects
 
@@ -412,6 +432,8 @@ def claim_accuracy(eval_dir: str | Path, truth_path: str | Path) -> dict[str, An
     total: Counter[str] = Counter()
     truths_seen: dict[str, Counter[tuple[str, ...]]] = {}
     for row in _read_jsonl(path) if path.is_file() else []:
+        if ids is not None and row.get("id") not in ids:
+            continue
         t = truth.get(row.get("id"))
         order = (row.get("orders") or [{}])[0]
         if t is None or not order.get("raw"):
@@ -559,8 +581,9 @@ def summarize_refinement(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-class DemoRun:
-    """One demo run over ``cfg.out`` (see the module docstring for the stages).
+class DemoRun(RunFolder):
+    """One demo run over ``cfg.out`` (see the module docstring for the stages; the folder's
+    layout is :class:`~.layout.RunFolder`).
 
     Args:
         cfg: the settings (:meth:`DemoConfig.preset`).
@@ -576,32 +599,7 @@ class DemoRun:
         self.log = log or (lambda _m: None)
         self.rates = ErrorRates()
         self._student: Any = None
-        self.state = self._load_state(overwrite)
-
-    # -- paths ----------------------------------------------------------------------------------
-    @property
-    def templates_dir(self) -> Path:
-        return self.out / "templates"
-
-    @property
-    def world_dir(self) -> Path:
-        return self.out / "world"
-
-    @property
-    def parrot_dir(self) -> Path:
-        return self.out / "parrot"
-
-    @property
-    def student_dir(self) -> Path:
-        return self.out / "student" / "model"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.out / "eval"
-
-    @property
-    def refine_dir(self) -> Path:
-        return self.out / "refine"
+        super().__init__(cfg.out, self._load_state(overwrite))
 
     # -- state ----------------------------------------------------------------------------------
     def _load_state(self, overwrite: bool) -> dict[str, Any]:
@@ -618,7 +616,7 @@ class DemoRun:
             return state
         if not overwrite:
             raise DemoError(f"{self.out} holds a demo run with other settings; use another --out (or --overwrite)")
-        for name in ("world", "parrot", "student", "eval", "refine", "refine-teacher", "templates"):
+        for name in RUN_FOLDERS:
             shutil.rmtree(self.out / name, ignore_errors=True)
         for name in (STATE_FILE, SUMMARY_FILE, REPORT_FILE):
             (self.out / name).unlink(missing_ok=True)
@@ -634,9 +632,6 @@ class DemoRun:
         self.state["stages"][stage] = {"done": True, "seconds": round(seconds, 2), "result": result}
         self._save_state()
         return result
-
-    def result(self, stage: str) -> dict[str, Any]:
-        return self.state["stages"].get(stage, {}).get("result", {})
 
     # -- stages ---------------------------------------------------------------------------------
     def world(self) -> dict[str, Any]:
@@ -695,22 +690,93 @@ class DemoRun:
         }
 
     def student(self) -> dict[str, Any]:
-        """Stage 3: build the tiny Qwen3-VL and train it from scratch with ``parrot train``."""
+        """Stage 3: the base the student starts from, then SFT on PARROT's data with ``parrot train``."""
         from ..parrot.config import TrainConfig
         from ..parrot.train import train_student
-        from ..testing.tiny_models import build_tiny_qwen3vl
 
         cfg = self.cfg
         threads = _set_threads(cfg)
         self.log(f"demo: torch uses {threads} thread(s)")
-        random_init = build_tiny_qwen3vl(self.out / "student" / "random", seed=cfg.seed, vocab_size=cfg.vocab_size,
+        base = self.student_root / "base"
+        base_info = self._prepare_base(base)
+        n_curve = max(1, cfg.curve_points + 1)
+        if cfg.sft_trainer == "lean":
+            from .sft import LeanSFTConfig, lean_sft
+
+            summary = lean_sft(LeanSFTConfig(
+                model=str(base), data=str(self.parrot_dir / "sft"), out=str(self.student_dir),
+                learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps,
+                batch_size=cfg.batch_size, save_steps=max(1, cfg.max_steps // n_curve),
+                keep_checkpoints=bool(cfg.curve_points), seed=cfg.seed, max_pixels=cfg.image_size * cfg.image_size),
+                log=self.log)
+            return {"base": str(base), "trainer": "lean", **base_info,
+                    **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step", "seconds",
+                                      "resumed_from", "device", "prep_seconds", "train_seconds",
+                                      "examples_per_second"))}
+        tc = TrainConfig(
+            model=str(base), data=str(self.parrot_dir / "sft"), out=str(self.student_dir), lora=False,
+            freeze_vision=True, learning_rate=cfg.learning_rate, lr_scheduler="cosine", warmup_ratio=cfg.warmup_ratio,
+            weight_decay=0.0, epochs=1000.0, max_steps=cfg.max_steps, per_device_batch_size=cfg.batch_size,
+            grad_accum=1, max_length=None, max_pixels=cfg.image_size * cfg.image_size, bf16=False,
+            # Checkpoints double as the learning curve's points (every one is kept for the eval stage).
+            gradient_checkpointing=False, save_steps=max(1, cfg.max_steps // n_curve),
+            save_total_limit=None if cfg.curve_points else 1,
+            logging_steps=max(10, cfg.max_steps // 10), eval=False, seed=cfg.seed, resume="auto",
+        )
+        t_train = time.perf_counter()
+        summary = train_student(tc, log=self.log)
+        seconds = time.perf_counter() - t_train
+        return {"base": str(base), "trainer": "trl", **base_info,
+                "examples_per_second": round(cfg.max_steps * cfg.batch_size / seconds, 2),
+                **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step",
+                                  "seconds", "resumed_from", "device"))}
+
+    def _prepare_base(self, base: Path) -> dict[str, Any]:
+        """Put the model SFT starts from in ``base`` (see ``DemoConfig.base``); returns what it is."""
+        from .base import HASH_FILE, STATS_FILE, BaseRecipe, pretrain_base, shipped_base, verify_base
+
+        cfg = self.cfg
+        if cfg.base == "scratch":
+            return self._prepare_scratch_base(base)
+        if not (base / HASH_FILE).is_file():
+            if cfg.base == "shipped":
+                src = shipped_base()
+            elif cfg.base != "rebuild":
+                src = Path(cfg.base)
+                if not (src / HASH_FILE).is_file():
+                    raise DemoError(f"base {src} is not a base model folder (no {HASH_FILE}); "
+                                    f"use one of {', '.join(BASES)} or a folder written by pretrain_base")
+            else:
+                src = self.student_root / "base-build"
+                self.log("demo: pretraining the base student (the shipped recipe, this run's seed)")
+                pretrain_base(src, BaseRecipe(seed=cfg.seed), log=self.log, threads=_set_threads(cfg))
+            # Copied into a temporary folder and renamed into place: a kill never leaves half a base.
+            tmp = base.with_name(".base.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(base, ignore_errors=True)
+            os.replace(tmp, base)
+        sums = verify_base(base)
+        stats = json.loads((base / STATS_FILE).read_text(encoding="utf-8"))
+        conf = json.loads((base / "config.json").read_text(encoding="utf-8"))
+        text = conf.get("text_config", conf)
+        return {"base_kind": cfg.base, "base_sha256": sums.get("model.safetensors"),
+                "model": {"hidden_size": text.get("hidden_size"), "num_layers": text.get("num_hidden_layers"),
+                          "vocab_size": text.get("vocab_size"), "parameters": stats.get("parameters")},
+                "base_pretraining": _pick(stats, ("data", "heldout_accuracy_before", "heldout_accuracy",
+                                                  "vision_pretraining", "train_seconds", "examples_per_second")),
+                "vision_pretraining": None}
+
+    def _prepare_scratch_base(self, base: Path) -> dict[str, Any]:
+        """The earlier design: a random language model over a pretrained, conditioned tower."""
+        from ..testing.tiny_models import build_tiny_qwen3vl
+
+        cfg = self.cfg
+        random_init = build_tiny_qwen3vl(self.student_root / "random", seed=cfg.seed, vocab_size=cfg.vocab_size,
                                          hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                                          image_size_cap=cfg.image_size * cfg.image_size,
                                          corpus=tokenizer_corpus(cfg.seed))
-        base = self.out / "student" / "base"
         if not (base / VISION_MARKER).is_file():
-            # Conditioned in a temporary copy and renamed into place: a kill never leaves a
-            # half-conditioned base that a rerun would condition twice.
             tmp = base.with_name(".base.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(random_init, tmp)
@@ -718,34 +784,29 @@ class DemoRun:
                            seed=cfg.seed, edit_rate=cfg.edit_rate, image_size=cfg.image_size, log=self.log)
             shutil.rmtree(base, ignore_errors=True)
             os.replace(tmp, base)
-        tc = TrainConfig(
-            model=str(base), data=str(self.parrot_dir / "sft"), out=str(self.student_dir), lora=False,
-            freeze_vision=True, learning_rate=cfg.learning_rate, lr_scheduler="cosine", warmup_ratio=cfg.warmup_ratio,
-            weight_decay=0.0, epochs=1000.0, max_steps=cfg.max_steps, per_device_batch_size=cfg.batch_size,
-            grad_accum=1, max_length=None, max_pixels=cfg.image_size * cfg.image_size, bf16=False,
-            gradient_checkpointing=False, save_steps=max(50, cfg.max_steps // 3), save_total_limit=1,
-            logging_steps=max(10, cfg.max_steps // 10), eval=False, seed=cfg.seed, resume="auto",
-        )
-        summary = train_student(tc, log=self.log)
         vision = json.loads((base / VISION_MARKER).read_text(encoding="utf-8"))
         pre = vision.get("pretraining") or {}
-        return {"base": str(base), "vision_pretraining": _pick(pre, ("steps", "images", "heldout_accuracy_before",
-                                                                      "heldout_accuracy", "seconds")) or None,
-                **_pick(summary, ("train_examples", "trainable_params", "train_loss", "global_step",
-                                                      "seconds", "resumed_from", "device"))}
+        return {"base_kind": "scratch",
+                "model": {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "vocab_size": cfg.vocab_size},
+                "vision_pretraining": _pick(pre, ("steps", "images", "heldout_accuracy_before", "heldout_accuracy",
+                                                  "seconds")) or None}
 
     def _student_model(self) -> Any:
         if self._student is None:
-            from ..backends import SamplingParams
-            from ..critique.model import RewardModel
-
-            cfg = self.cfg
-            _set_threads(cfg)
-            self._student = RewardModel.from_pretrained(
-                self.student_dir, device="cpu", dtype="float32", batch_size=cfg.eval_batch_size,
-                templates=str(self.templates_dir), sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens),
-                max_pixels=cfg.image_size * cfg.image_size, concurrency=cfg.eval_batch_size)
+            self._student = self._judge(self.student_dir)
         return self._student
+
+    def _judge(self, folder: Path) -> Any:
+        """A greedy-decoding RewardModel over the checkpoint in ``folder`` with the demo's templates."""
+        from ..backends import SamplingParams
+        from ..critique.model import RewardModel
+
+        cfg = self.cfg
+        _set_threads(cfg)
+        return RewardModel.from_pretrained(
+            folder, device="cpu", dtype="float32", batch_size=cfg.eval_batch_size, templates=str(self.templates_dir),
+            sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens),
+            max_pixels=cfg.image_size * cfg.image_size, concurrency=cfg.eval_batch_size)
 
     def evaluate(self) -> dict[str, Any]:
         """Stage 4: ``eval --benchmark pairs`` on the held-out pairs (student; teacher as reference)."""
@@ -759,8 +820,19 @@ class DemoRun:
         rm = self._student_model()
         report = evaluate(rm, "pairs", data, str(self.eval_dir / "student"), concurrency=cfg.eval_batch_size)
         truth = self.world_dir / "heldout" / "truth.jsonl"
-        out = {"student": {**_eval_summary(report, self.eval_dir / "student"),
-                           "claims": claim_accuracy(self.eval_dir / "student", truth)}}
+        out: dict[str, Any] = {"student": {**_eval_summary(report, self.eval_dir / "student"),
+                                           "claims": claim_accuracy(self.eval_dir / "student", truth)}}
+        if cfg.zero_shot and cfg.base != "scratch":
+            # The base as a judge before PARROT: same prompts, same pairs, same decoding.
+            zs = self._judge(self.student_root / "base")
+            try:
+                rep_b = evaluate(zs, "pairs", data, str(self.eval_dir / "base"), concurrency=cfg.eval_batch_size)
+            finally:
+                zs.close()
+            out["base_zero_shot"] = {**_eval_summary(rep_b, self.eval_dir / "base"),
+                                     "claims": claim_accuracy(self.eval_dir / "base", truth)}
+        if cfg.curve_points:
+            out["learning_curve"] = self._learning_curve(data, truth)
         if cfg.teacher_reference:
             teacher = RewardModel(DemoTeacher(noise=cfg.teacher_noise, seed=cfg.seed + 7), templates=str(self.templates_dir),
                                   sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, seed=0))
@@ -769,6 +841,37 @@ class DemoRun:
             out["teacher"] = {**_eval_summary(rep_t, self.eval_dir / "teacher"),
                               "claims": claim_accuracy(self.eval_dir / "teacher", truth)}
         return out
+
+    def _learning_curve(self, data: str, truth: Path) -> dict[str, Any]:
+        """Held-out accuracy and claims at each kept SFT checkpoint, on the first ``curve_pairs``
+        held-out pairs; step 0 (the base) and the last step are read from the full evaluations."""
+        from ..eval import evaluate
+
+        cfg = self.cfg
+        rows = _read_jsonl(Path(data))
+        ids = [r["id"] for r in rows[:cfg.curve_pairs]]
+        subset = Path(data).with_name("pairs_curve.jsonl")
+        _write_jsonl(subset, rows[:cfg.curve_pairs])
+        points = []
+        if (self.eval_dir / "base" / "results.jsonl").is_file():
+            points.append({"step": 0, **_subset_scores(self.eval_dir / "base", truth, ids)})
+        ckpts = sorted((p for p in (self.student_dir / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+                       key=lambda p: int(p.name.rsplit("-", 1)[1]))
+        final_step = int(self.result("student").get("global_step") or cfg.max_steps)
+        for ckpt in ckpts:
+            step = int(ckpt.name.rsplit("-", 1)[1])
+            if step >= final_step:
+                continue
+            _ensure_processor_files(ckpt, self.student_root / "base")
+            folder = self.eval_dir / "curve" / f"step-{step}"
+            judge = self._judge(ckpt)
+            try:
+                evaluate(judge, "pairs", str(subset), str(folder), concurrency=cfg.eval_batch_size)
+            finally:
+                judge.close()
+            points.append({"step": step, **_subset_scores(folder, truth, ids)})
+        points.append({"step": final_step, **_subset_scores(self.eval_dir / "student", truth, ids)})
+        return {"pairs": len(ids), "points": points}
 
     def refine(self) -> dict[str, Any]:
         """Stage 5: refine held-out requests with the student as critic (and, for scale, with the
@@ -830,9 +933,11 @@ class DemoRun:
         """Stage 6: ``summary.json`` and ``report.html``."""
         from .report import build_summary, write_report
 
-        summary = build_summary(self)
+        # The report reads the folder (state file and stage outputs), never this module.
+        folder = RunFolder(self.out, self.state)
+        summary = build_summary(folder)
         atomic_write_json(self.out / SUMMARY_FILE, summary)
-        write_report(self, summary, self.out / REPORT_FILE)
+        write_report(folder, summary, self.out / REPORT_FILE)
         return {"summary": str(self.out / SUMMARY_FILE), "report": str(self.out / REPORT_FILE)}
 
     # -- driver ---------------------------------------------------------------------------------
@@ -891,6 +996,39 @@ def _eval_summary(report: dict[str, Any], folder: Path) -> dict[str, Any]:
         "accuracy_when_decided": round(right / len(decided), 4) if decided else None,
         "by_category": {k: _pick(v, ("n", "accuracy", "n_failed")) for k, v in (report.get("by_category") or {}).items()},
     }
+
+
+def _ensure_processor_files(ckpt: Path, base: Path) -> None:
+    """Trainer checkpoints may lack the processor files a RewardModel loads; copy the base's."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
+                 "preprocessor_config.json", "video_preprocessor_config.json"):
+        if (base / name).is_file() and not (ckpt / name).is_file():
+            shutil.copy2(base / name, ckpt / name)
+
+
+def wilson_ci(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score interval of a proportion ``k / n`` (95% by default)."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
+    return [round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)]
+
+
+def _subset_scores(eval_dir: Path, truth: Path, ids: list[str]) -> dict[str, Any]:
+    """Accuracy (3way: a tie or failure is wrong), its Wilson 95% interval, decided share and claims
+    of the eval output in ``eval_dir`` restricted to the pairs ``ids``."""
+    want = set(ids)
+    rows = [r for r in _read_jsonl(eval_dir / "results.jsonl") if r.get("id") in want]
+    right = sum(1 for r in rows if r.get("ok") and r.get("prediction") == r.get("label"))
+    decided = sum(1 for r in rows if r.get("ok") and r.get("prediction") in ("A", "B"))
+    parsed = sum(1 for r in rows if r.get("ok"))
+    n = len(rows)
+    return {"n": n, "accuracy": round(right / n, 4) if n else None, "ci95": wilson_ci(right, n),
+            "parse_rate": round(parsed / n, 4) if n else None, "decided_share": round(decided / n, 4) if n else None,
+            "claims": {k: v["accuracy"] for k, v in claim_accuracy(eval_dir, truth, ids=want).items()}}
 
 
 def _set_threads(cfg: DemoConfig) -> int:

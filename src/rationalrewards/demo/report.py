@@ -15,12 +15,11 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 from ..io import atomic_write_text
-
-if TYPE_CHECKING:
-    from .pipeline import DemoRun
+from .layout import RunFolder
 
 #: Targets of the issue, checked on the default budget; ``--quick`` reports them too (CI asserts
 #: looser bounds on it).
@@ -36,9 +35,10 @@ def _get(d: dict[str, Any] | None, *path: str) -> Any:
     return cur
 
 
-def build_summary(run: DemoRun) -> dict[str, Any]:
-    """The summary of a finished run (every stage before ``report`` done)."""
-    cfg = run.cfg
+def build_summary(run: RunFolder) -> dict[str, Any]:
+    """The summary of a finished run (every stage before ``report`` done), read from its folder."""
+    config = run.config
+    cfg = SimpleNamespace(**config)
     world, parrot, student = run.result("world"), run.result("parrot"), run.result("student")
     ev, ref = run.result("eval"), run.result("refine")
     stages = run.state["stages"]
@@ -59,7 +59,7 @@ def build_summary(run: DemoRun) -> dict[str, Any]:
         "version": 1,
         "command": "rationalrewards demo" + (" --quick" if cfg.quick else ""),
         "quick": cfg.quick,
-        "config": cfg.to_json(),
+        "config": config,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "timing_s": timing,
         "world": world,
@@ -75,13 +75,17 @@ def build_summary(run: DemoRun) -> dict[str, Any]:
             "decided_share": st.get("decided_share"), "accuracy_when_decided": st.get("accuracy_when_decided"),
             "claims": st.get("claims"),
             "pointwise_parse_rate": ref.get("critique_parse_rate"),
-            "model": {"architecture": "Qwen3-VL (tiny; vision tower pretrained on the world's scenes, language model "
-                                      "trained from scratch)", "hidden_size": cfg.hidden_size,
-                      "num_layers": cfg.num_layers, "vocab_size": cfg.vocab_size, "image_size": cfg.image_size,
-                      "trainable_params": student.get("trainable_params")},
-            "train": _pick(student, ("train_examples", "train_loss", "global_step", "seconds", "resumed_from")),
+            "model": {"architecture": _architecture(student.get("base_kind")),
+                      **(student.get("model") or {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
+                                                  "vocab_size": cfg.vocab_size}),
+                      "image_size": cfg.image_size, "trainable_params": student.get("trainable_params")},
+            "train": _pick(student, ("trainer", "train_examples", "train_loss", "global_step", "seconds", "resumed_from",
+                                     "prep_seconds", "train_seconds", "examples_per_second")),
             "vision_pretraining": student.get("vision_pretraining"),
+            "learning_curve": ev.get("learning_curve"),
         },
+        "base": {"kind": student.get("base_kind"), "sha256": student.get("base_sha256"),
+                 "pretraining": student.get("base_pretraining"), "zero_shot": ev.get("base_zero_shot")},
         "teacher_reference": ev.get("teacher"),
         "refine": {k: v for k, v in ref.items() if k != "items"} | {"items": [
             {k: m.get(k) for k in ("id", "prompt", "round0", "final", "best_of_n", "round_true_mean", "requests",
@@ -89,6 +93,13 @@ def build_summary(run: DemoRun) -> dict[str, Any]:
         "targets": targets,
         "notes": _notes(cfg, targets, st, errors, ref),
     }
+
+
+def _architecture(kind: str | None) -> str:
+    if kind == "scratch":
+        return "Qwen3-VL (tiny; vision tower pretrained on the world's scenes, language model trained from scratch)"
+    return ("Qwen3-VL (tiny; pretrained base: vision tower and language model trained on generic vision-language "
+            "tasks of the world, then PARROT SFT)")
 
 
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -115,8 +126,7 @@ def _weakest_claims(claims: dict[str, Any] | None) -> str:
     worst = sorted(claims.items(), key=lambda kv: kv[1]["accuracy"] - kv[1].get("majority", 0.0))[:3]
     return ("; its claims gain least over always writing the most common claim on "
             + ", ".join(f"{k} ({v['accuracy']:.2f} vs {v.get('majority', 0.0):.2f})" for k, v in worst)
-            + " (student.claims): matching objects to the request, reading the word and judging edits are not learnt "
-              "in this budget, while the pretrained vision tower itself tells the objects apart")
+            + " (student.claims)")
 
 
 def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[str, Any],
@@ -125,10 +135,10 @@ def _notes(cfg: Any, targets: dict[str, Any], st: dict[str, Any], errors: dict[s
     notes = []
     if targets["student_accuracy"]["met"] is False:
         notes.append(
-            f"student accuracy {st.get('accuracy')} is below {TARGETS['student_accuracy']}: the student is a "
-            f"{cfg.num_layers}-layer, {cfg.hidden_size}-wide Qwen3-VL trained from scratch for {cfg.max_steps} steps of "
-            f"{cfg.batch_size} examples on two CPU cores; see by_category for what it has not learnt yet"
-            + _weakest_claims(st.get("claims")))
+            f"student accuracy {st.get('accuracy')} is below {TARGETS['student_accuracy']}: the student is a tiny "
+            f"Qwen3-VL ({'language model from scratch' if cfg.base == 'scratch' else 'the pretrained base'}) trained "
+            f"for {cfg.max_steps} steps of {cfg.batch_size} examples on two CPU cores; see by_category and "
+            "student.learning_curve for what it has not learnt yet" + _weakest_claims(st.get("claims")))
     if targets["student_parse_rate"]["met"] is False:
         notes.append(f"parse rate {st.get('parse_rate')} is below {TARGETS['student_parse_rate']}: more training steps "
                      "make the format stick; failures are counted as wrong answers, never dropped")
@@ -199,7 +209,7 @@ def _targets_table(summary: dict[str, Any]) -> str:
     return "<table><tr><th>measure</th><th>value</th><th>target</th><th>met</th></tr>" + "".join(rows) + "</table>"
 
 
-def _pairs_section(run: DemoRun, limit: int = 8) -> str:
+def _pairs_section(run: RunFolder, limit: int = 8) -> str:
     world = run.world_dir / "heldout"
     pairs = {r["id"]: r for r in _read_jsonl(world / "pairs.jsonl")}
     truth = {r["id"]: r for r in _read_jsonl(world / "truth.jsonl")}
@@ -228,7 +238,7 @@ def _pairs_section(run: DemoRun, limit: int = 8) -> str:
     return "".join(cards)
 
 
-def _filter_section(run: DemoRun, summary: dict[str, Any]) -> str:
+def _filter_section(run: RunFolder, summary: dict[str, Any]) -> str:
     p = summary.get("parrot", {})
     f = summary.get("filter", {})
     rows = []
@@ -289,6 +299,41 @@ def _student_section(summary: dict[str, Any]) -> str:
             + "".join(rows) + "</table>" + _claims_table(st.get("claims"), te.get("claims")))
 
 
+def _base_section(summary: dict[str, Any]) -> str:
+    base = summary.get("base") or {}
+    st = summary.get("student", {})
+    pre = base.get("pretraining") or {}
+    acc = pre.get("heldout_accuracy") or {}
+    parts = []
+    if acc:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v.get('n'))}</td><td>{_fmt(v.get('exact'))}</td>"
+                       f"<td>{_fmt(v.get('yes_no'))}</td></tr>" for k, v in acc.items())
+        parts.append("<p>Held-out accuracy of the base on its pretraining tasks (exact answer; yes/no part):</p>"
+                     "<table><tr><th>task</th><th>n</th><th>exact</th><th>yes/no</th></tr>" + rows + "</table>")
+    zs = base.get("zero_shot") or {}
+    if zs:
+        cats = sorted(set(zs.get("by_category") or {}) | set(st.get("by_category") or {}))
+        rows = "".join(
+            f"<tr><td>{html.escape(c)}</td><td>{_fmt(((zs.get('by_category') or {}).get(c) or {}).get('accuracy'))}"
+            f"</td><td>{_fmt(((st.get('by_category') or {}).get(c) or {}).get('accuracy'))}</td></tr>" for c in cats)
+        parts.append(f"<p>The base zero-shot as a judge (same prompts, before PARROT): accuracy "
+                     f"<b>{_fmt(zs.get('accuracy'))}</b>, parse rate {_fmt(zs.get('parse_rate'))}; after PARROT "
+                     f"<b>{_fmt(st.get('accuracy'))}</b>.</p><table><tr><th>category</th><th>base zero-shot</th>"
+                     "<th>PARROT student</th></tr>" + rows + "</table>")
+    curve = st.get("learning_curve") or {}
+    if curve.get("points"):
+        dims = sorted({d for p in curve["points"] for d in (p.get("claims") or {})})
+        head = "".join(f"<th>{html.escape(d)}</th>" for d in dims)
+        rows = "".join(
+            f"<tr><td>{p['step']}</td><td>{_fmt(p.get('accuracy'))}</td><td>{_fmt(p.get('decided_share'))}</td>"
+            + "".join(f"<td>{_fmt((p.get('claims') or {}).get(d))}</td>" for d in dims) + "</tr>"
+            for p in curve["points"])
+        parts.append(f"<p>Learning curve on the first {curve.get('pairs')} held-out pairs (step 0 is the base): "
+                     "accuracy, share of pairs with a winner named, and claims exactly right per dimension.</p>"
+                     f"<table><tr><th>step</th><th>accuracy</th><th>decided</th>{head}</tr>{rows}</table>")
+    return "".join(parts) or "<p class='na'>no pretrained base in this run</p>"
+
+
 def _claims_table(student: dict[str, Any] | None, teacher: dict[str, Any] | None) -> str:
     if not student:
         return ""
@@ -302,7 +347,7 @@ def _claims_table(student: dict[str, Any] | None, teacher: dict[str, Any] | None
             "<th>always the most common</th><th>teacher</th></tr>" + rows + "</table>")
 
 
-def _refine_section(run: DemoRun, summary: dict[str, Any]) -> str:
+def _refine_section(run: RunFolder, summary: dict[str, Any]) -> str:
     ref = summary.get("refine", {})
     sr, tr = ref.get("student_reward") or {}, ref.get("true_reward") or {}
     tt = _get(ref, "teacher_critic", "true_reward") or {}
@@ -341,7 +386,7 @@ def _refine_section(run: DemoRun, summary: dict[str, Any]) -> str:
     return head + "".join(cards)
 
 
-def write_report(run: DemoRun, summary: dict[str, Any], path: str | Path) -> None:
+def write_report(run: RunFolder, summary: dict[str, Any], path: str | Path) -> None:
     """Write the self-contained HTML report."""
     t = summary.get("timing_s", {})
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in t.items())
@@ -354,6 +399,7 @@ def write_report(run: DemoRun, summary: dict[str, Any], path: str | Path) -> Non
         "<h2>Held-out pairs and the student's critiques</h2>", _pairs_section(run),
         "<h2>PARROT's filter</h2>", _filter_section(run, summary),
         "<h2>Student accuracy</h2>", _student_section(summary),
+        "<h2>The base before PARROT, and the learning curve</h2>", _base_section(summary),
         "<h2>Generate-Critique-Refine with the student as critic</h2>", _refine_section(run, summary),
     ]
     doc = ("<!doctype html><html><head><meta charset='utf-8'>"

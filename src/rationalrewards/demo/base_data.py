@@ -1,0 +1,233 @@
+"""The data of the base student's pretraining: generic vision-language tasks of the demo world.
+
+A real PARROT student starts from a pretrained VLM that already describes images, answers
+questions about them, tells whether an image matches a text and what differs between two images.
+This module writes such tasks for the demo world, from its own seed stream (``demo-base:SEED``),
+so that the base model the demo ships (:mod:`.base`) has that knowledge before PARROT:
+
+* ``caption``  - describe an image: what is in each slot, the word, the artefacts;
+* ``qa``       - one question about an image: what is where, what colour / size, which word, how
+                 many objects, whether it is noisy / blurred / split by a seam;
+* ``match``    - does an image match a text (a request of the world)? "Yes." or "No:" and what does
+                 not match, named concretely ("the blue square is green", "the word reads CAP");
+* ``diff``     - what differs between two images (an edit's source and a result);
+* ``edit``     - was an edit instruction carried out on the first image, and nothing else changed?
+
+No preference, no critique, no score and no preference pair is involved: every answer is a
+description of the scenes. Pure standard library (the renderer comes from :mod:`.world`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .generator import draw_scene
+from .world import ARTEFACTS, POSITIONS, SHAPES, Intent, Obj, Scene, Want, sample_task
+
+#: The task kinds, in the order their held-out accuracies are reported.
+TASKS: tuple[str, ...] = ("caption", "qa", "match", "diff", "edit")
+#: Relative frequency of each kind in the pretraining stream.
+TASK_WEIGHTS: dict[str, float] = {"caption": 0.2, "qa": 0.25, "match": 0.3, "diff": 0.1, "edit": 0.15}
+#: The seed namespace of the stream; preference pairs use ``demo-pairs:...`` (see pipeline.make_pairs).
+STREAM = "demo-base"
+
+_WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+_ART_WORD = {"noise": "noisy", "blur": "blurred", "seam": "split by a seam"}
+_COUNT = {0: "none", 1: "one", 2: "two", 3: "three"}
+
+
+@dataclass
+class BaseExample:
+    """One pretraining example: images (scenes, rendered when used), a question, its answer."""
+
+    id: str
+    kind: str
+    scenes: list[Scene]
+    question: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "scenes": [s.to_json() for s in self.scenes],
+                "question": self.question, "answer": self.answer, "meta": self.meta}
+
+
+def obj_phrase(o: Obj) -> str:
+    return f"a {o.size} {o.color} {o.shape}"
+
+
+def caption(scene: Scene) -> str:
+    """What an image shows, slot by slot, then the word and the artefacts."""
+    parts = []
+    for pos in POSITIONS:
+        o = scene.at(pos)
+        parts.append(f"{pos.capitalize()}: {obj_phrase(o) if o else 'nothing'}.")
+    parts.append(f"Word: {scene.text}." if scene.text else "Word: none.")
+    arts = [a for a in ARTEFACTS if a in scene.artefacts]
+    parts.append(f"Artefacts: {', '.join(arts)}." if arts else "Artefacts: none.")
+    return " ".join(parts)
+
+
+def _want_phrase(w: Want) -> str:
+    return " ".join(x for x in (w.size, w.color, w.shape) if x)
+
+
+def mismatches(intent: Intent, scene: Scene) -> list[str]:
+    """What in ``scene`` does not match a t2i request ``intent``, named concretely."""
+    out: list[str] = []
+    left = list(scene.objects)
+    pending: list[Want] = []
+    matched: list[tuple[Want, Obj]] = []
+    for w in intent.objects:
+        hit = next((o for o in left if o.shape == w.shape and o.color == w.color), None)
+        if hit is None:
+            pending.append(w)
+        else:
+            left.remove(hit)
+            matched.append((w, hit))
+    for w in pending:
+        hit = next((o for o in left if o.shape == w.shape), None)
+        if hit is None:
+            out.append(f"the {w.color} {w.shape} is missing")
+            continue
+        left.remove(hit)
+        out.append(f"the {w.shape} is {hit.color}, not {w.color}")
+        matched.append((w, hit))
+    for w, o in matched:
+        if w.size and o.size != w.size:
+            out.append(f"the {o.color} {o.shape} is {o.size}, not {w.size}")
+        if w.position and o.position != w.position:
+            out.append(f"the {o.color} {o.shape} is {_WHERE[o.position]}, not {_WHERE[w.position]}")
+    out += [f"there is an extra {o.color} {o.shape}" for o in left]
+    if intent.text:
+        if scene.text is None:
+            out.append("no word is written")
+        elif scene.text != intent.text:
+            out.append(f"the word reads {scene.text}, not {intent.text}")
+    out += [f"the image is {_ART_WORD[a]}" for a in ARTEFACTS if a in scene.artefacts]
+    return out
+
+
+def differences(a: Scene, b: Scene) -> list[str]:
+    """What changed from image ``a`` to image ``b``, slot by slot, then the word and artefacts."""
+    out: list[str] = []
+    for pos in POSITIONS:
+        oa, ob = a.at(pos), b.at(pos)
+        if oa == ob:
+            continue
+        if oa is None and ob is not None:
+            out.append(f"{obj_phrase(ob)} was added {_WHERE[pos]}")
+        elif ob is None and oa is not None:
+            out.append(f"the {oa.color} {oa.shape} {_WHERE[pos]} was removed")
+        elif oa is not None and ob is not None:
+            if oa.shape == ob.shape and oa.size == ob.size:
+                out.append(f"the {oa.shape} {_WHERE[pos]} turned from {oa.color} to {ob.color}")
+            else:
+                out.append(f"the {oa.color} {oa.shape} {_WHERE[pos]} became {obj_phrase(ob)}")
+    if a.text != b.text:
+        if b.text is None:
+            out.append("the word was removed")
+        elif a.text is None:
+            out.append(f"the word {b.text} was added")
+        else:
+            out.append(f"the word changed from {a.text} to {b.text}")
+    out += [f"the second image is {_ART_WORD[x]}" for x in ARTEFACTS if x in b.artefacts and x not in a.artefacts]
+    return out
+
+
+def _join(items: list[str]) -> str:
+    return "; ".join(items)
+
+
+def _qa(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    """(question, answer, question type) about one image."""
+    kind = rng.choice(("where_what", "where_what", "colour", "size", "where", "word", "count", "artefact"))
+    objs = list(scene.objects)
+    if kind in ("colour", "size", "where") and not objs:
+        kind = "count"
+    if kind == "where_what":
+        pos = rng.choice(POSITIONS)
+        o = scene.at(pos)
+        q = "What is in the middle?" if pos == "middle" else f"What is on the {pos}?"
+        return q, (obj_phrase(o) if o else "nothing").capitalize() + ".", kind
+    if kind == "colour":
+        o = rng.choice(objs)
+        return f"What colour is the {o.shape} {_WHERE[o.position]}?", f"{o.color.capitalize()}.", kind
+    if kind == "size":
+        o = rng.choice(objs)
+        return f"What size is the {o.color} {o.shape}?", f"{o.size.capitalize()}.", kind
+    if kind == "where":
+        if rng.random() < 0.7:
+            o = rng.choice(objs)
+            return f"Where is the {o.color} {o.shape}?", f"{_WHERE[o.position].capitalize()}.", kind
+        shape = rng.choice(SHAPES)
+        color = rng.choice(("red", "green", "blue", "yellow"))
+        o2 = next((x for x in objs if x.shape == shape and x.color == color), None)
+        return (f"Where is the {color} {shape}?",
+                f"{_WHERE[o2.position].capitalize()}." if o2 else f"There is no {color} {shape}.", kind)
+    if kind == "word":
+        return "What word is written?", f"{scene.text}." if scene.text else "No word is written.", kind
+    if kind == "count":
+        return "How many objects are there?", f"{_COUNT[len(objs)].capitalize()}.", kind
+    art = rng.choice(ARTEFACTS)
+    q = {"noise": "Is the image noisy?", "blur": "Is the image blurred?", "seam": "Does a seam split the image?"}[art]
+    return q, "Yes." if art in scene.artefacts else "No.", kind
+
+
+def base_examples(n: int, *, seed: int = 0, split: str = "train", edit_rate: float = 0.3) -> list[BaseExample]:
+    """``n`` pretraining examples of the stream ``demo-base:SEED:SPLIT`` (deterministic).
+
+    Scenes are what the world's generator draws for random requests of the world (with its
+    mistakes, so that matches and mismatches both occur) and the sources of edits.
+    """
+    rng = random.Random(f"{STREAM}:{seed}:{split}")
+    kinds, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    out: list[BaseExample] = []
+    for i in range(n):
+        kind = rng.choices(kinds, weights)[0]
+        want_edit = kind in ("diff", "edit")
+        while True:
+            task = sample_task(rng, f"{STREAM}-{split}-{i}", edit_rate=1.0 if want_edit else edit_rate * 0.5,
+                               cue_rate=0.2)
+            if want_edit == (task.intent.source is not None):
+                break
+        intent, scene = draw_scene(task.prompt, source=task.intent.source, seed=rng.randrange(1_000_000))
+        ex_id = f"{STREAM}-{seed}-{split}-{i:06d}"
+        meta: dict[str, Any] = {"request": task.prompt}
+        if kind == "caption":
+            # Captions also of edit sources, so every kind of scene gets described.
+            out.append(BaseExample(ex_id, kind, [scene], "Describe the image.", caption(scene), meta))
+        elif kind == "qa":
+            q, a, qtype = _qa(scene, rng)
+            out.append(BaseExample(ex_id, kind, [scene], q, a, {**meta, "question_type": qtype}))
+        elif kind == "match":
+            bad = mismatches(intent, scene)
+            answer = "No: " + _join(bad) + "." if bad else "Yes."
+            out.append(BaseExample(ex_id, kind, [scene], f"Text: {task.prompt}\nDoes the image match the text?",
+                                   answer, meta))
+        else:
+            src = task.intent.source
+            assert src is not None
+            if kind == "diff":
+                diff = differences(src, scene)
+                answer = "Changes: " + _join(diff) + "." if diff else "Nothing changed."
+                out.append(BaseExample(ex_id, kind, [src, scene], "What changed from the first image to the second?",
+                                       answer, meta))
+            else:
+                want = intent.edit.apply(src) if intent.edit is not None else src
+                diff = differences(want, scene)
+                answer = "Yes." if not diff else "No: compared with what was asked, " + _join(diff) + "."
+                out.append(BaseExample(ex_id, kind, [src, scene],
+                                       f"Instruction: {task.prompt}\nWas the instruction carried out on the first "
+                                       "image exactly, giving the second?", answer, meta))
+    return out
+
+
+def base_corpus(seed: int = 0, n: int = 400) -> list[str]:
+    """Lines of pretraining text, for the student's tokenizer (next to the judge vocabulary)."""
+    lines: list[str] = []
+    for ex in base_examples(n, seed=seed, split="corpus"):
+        lines += [ex.question + "\n", ex.answer + "\n"]
+    return lines
