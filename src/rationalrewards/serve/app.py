@@ -647,8 +647,12 @@ def create_app(
                 assert w.data is not None and w.header is not None
                 try:
                     if w.item not in item_errors:
-                        w.prepared = prepare_image(w.data, w.header, name=w.field, max_pixels=max_pixels,
-                                                   max_image_pixels=limits.max_image_pixels)
+                        p = prepare_image(w.data, w.header, name=w.field, max_pixels=max_pixels,
+                                          max_image_pixels=limits.max_image_pixels)
+                        # Keep the encoded form only while the item waits for the judge (possibly
+                        # minutes): an HTTP judge sends the bytes, an in-process one decodes the
+                        # small image again on demand (PreparedImage decodes lazily).
+                        w.prepared = PreparedImage(p.data, p.mime, p.source, p.original_size)
                         stats.image_decoded(w.header.pixels)
                 except ImageInputError as exc:
                     item_errors.setdefault(w.item, str(exc))
