@@ -183,3 +183,22 @@ def test_proxies_come_from_the_environment_like_curl(monkeypatch):
     assert str(_env_proxy(URL("http://judge.example:8000/v1"))) == "http://proxy.example:3128"
     monkeypatch.setenv("NO_PROXY", "judge.example")
     assert _env_proxy(URL("http://judge.example:8000/v1")) is None
+
+
+def test_a_model_left_open_exits_without_unclosed_session_complaints():
+    """A script that never calls close() must not end with aiohttp's "Unclosed client session"."""
+    import subprocess
+    import sys
+
+    script = (
+        "from rationalrewards import RewardModel\n"
+        "from rationalrewards.backends.openai_http import OpenAIBackend\n"
+        "from rationalrewards.testing.scripted_server import ScriptedServer, judge_responder\n"
+        f"server = ScriptedServer(judge_responder({SCORES!r})).start()\n"
+        "rm = RewardModel(OpenAIBackend(server.base_url, 'judge'))\n"
+        f"print(rm.critique('a red ball', {png_bytes()!r}).ok)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -14,6 +14,7 @@ the client, not the server, the bottleneck on small machines; see bench/RESULTS.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import binascii
 import datetime
 import email.utils
@@ -171,6 +172,7 @@ class OpenAIBackend(Backend):
                                {u: _env_proxy(URL(u)) for u in self.base_urls})
             self._sessions[loop] = state
             self.clients_created += 1
+            _OPEN_BACKENDS.add(self)
         return state
 
     def _forget_dead_loops(self) -> None:
@@ -184,6 +186,21 @@ class OpenAIBackend(Backend):
                 # The loop is gone, so nothing can be awaited: marking the connector closed
                 # stops aiohttp from logging "Unclosed connector"; the sockets close when freed.
                 connector._close()
+
+    def _close_at_exit(self) -> None:
+        """Close what the user left open when the interpreter exits (a RewardModel used without
+        ``close()``), so aiohttp does not print "Unclosed client session" on the way out."""
+        for loop, state in list(self._sessions.items()):
+            try:
+                if loop.is_running() and not _runs_here(loop):
+                    asyncio.run_coroutine_threadsafe(state.session.close(), loop).result(timeout=2)
+                    continue
+            except Exception:  # exiting anyway: fall back to the quiet close below
+                pass
+            connector = state.session.connector
+            if connector is not None:
+                connector._close()  # what aiohttp's own finaliser does, minus the complaint
+        self._sessions.clear()
 
     def _pick_url(self, avoid: str | None) -> str:
         candidates = [u for u in self.base_urls if u != avoid] or self.base_urls
@@ -373,6 +390,22 @@ class OpenAIBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_name, "base_urls": self.base_urls}
+
+
+_OPEN_BACKENDS: weakref.WeakSet[OpenAIBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_backends() -> None:
+    for backend in list(_OPEN_BACKENDS):
+        backend._close_at_exit()
+
+
+def _runs_here(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class _LoopState:
