@@ -62,7 +62,9 @@ class GroupSampler:
 
     Args:
         family: the pipeline family (its encoders, velocity and decoder are used).
-        transformer: the transformer holding the LoRA adapters.
+        transformer: the transformer holding the LoRA adapters (adapters are switched on it).
+        model: what the forward passes call: the transformer as ``accelerator.prepare`` wrapped
+            it (under FSDP only the wrapper gathers sharded parameters); default ``transformer``.
         accelerator: for the device and autocast.
         client: where finished groups are sent for scoring.
         sigmas: the sampler's noise levels (from ``family.sampling_sigmas``).
@@ -73,9 +75,10 @@ class GroupSampler:
     """
 
     def __init__(self, family: FlowFamily, transformer: Any, accelerator: Any, client: RewardClient, sigmas: Any, *,
-                 task: str, batch_size: int, sampler: str, say: Callable[[str], None]) -> None:
+                 task: str, batch_size: int, sampler: str, say: Callable[[str], None], model: Any = None) -> None:
         self.family = family
         self.transformer = transformer
+        self.model = model if model is not None else transformer
         self.accelerator = accelerator
         self.device = accelerator.device
         self.client = client
@@ -93,7 +96,7 @@ class GroupSampler:
     def velocity_fn(self, cond: Cond) -> Callable[[Any, Any], Any]:
         def velocity(x: Any, sigma: Any) -> Any:
             with self.accelerator.autocast():
-                return self.family.velocity(self.transformer, x.to(self.device), sigma.to(self.device), cond)
+                return self.family.velocity(self.model, x.to(self.device), sigma.to(self.device), cond)
 
         return velocity
 

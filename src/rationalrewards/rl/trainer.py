@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -165,7 +166,8 @@ class NFTTrainer(CheckpointMixin):
         self.last_eval: dict[str, Any] | None = None
         self._sigmas = self.family.sampling_sigmas(cfg.num_inference_steps)
         self.sampler = GroupSampler(self.family, self.transformer, acc, self.client, self._sigmas, task=self.task,
-                                    batch_size=cfg.sample_batch_size, sampler=cfg.sampler, say=self._say)
+                                    batch_size=cfg.sample_batch_size, sampler=cfg.sampler, say=self._say,
+                                    model=self.model)
 
     # -- setup helpers --------------------------------------------------------------------------
     def lora_targets(self) -> list[str]:
@@ -388,7 +390,7 @@ class NFTTrainer(CheckpointMixin):
             nft.activate(self.transformer, nft.OLD)
             try:
                 with self.accelerator.autocast():
-                    v_old = self.family.velocity(self.transformer, x_t, sigma, c).float()
+                    v_old = self.family.velocity(self.model, x_t, sigma, c).float()
             finally:
                 nft.activate(self.transformer, nft.POLICY)
             v_ref = None
@@ -396,7 +398,7 @@ class NFTTrainer(CheckpointMixin):
                 self.transformer.disable_adapters()
                 try:
                     with self.accelerator.autocast():
-                        v_ref = self.family.velocity(self.transformer, x_t, sigma, c).float()
+                        v_ref = self.family.velocity(self.model, x_t, sigma, c).float()
                 finally:
                     self.transformer.enable_adapters()
                     nft.activate(self.transformer, nft.POLICY)
@@ -587,6 +589,15 @@ class NFTTrainer(CheckpointMixin):
         resume_step = self.state.step if ckpt is not None else None
         self.logger = RunLogger(self.out_dir, cfg, enabled=acc.is_main_process, resume_step=resume_step,
                                 echo=self._say if self.verbose else None)
+        requested = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                     if os.environ.get(var, "").lower() == "true"]
+        dist = str(getattr(acc.distributed_type, "value", acc.distributed_type))
+        if requested and dist.upper() != requested[0].upper():
+            # accelerate applies FSDP / DeepSpeed only on accelerators: say so instead of pretending.
+            note = (f"{requested[0]} was requested but accelerate runs this process as {dist} (no sharding; "
+                    f"accelerate shards only on GPUs and other accelerators)")
+            self.logger.notes.append(note)
+            self._say(f"note: {note}")
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.yaml", cfg.to_yaml())
@@ -636,6 +647,9 @@ class NFTTrainer(CheckpointMixin):
                 "output_dir": str(self.out_dir),
                 "lora": str(final_dir / "lora"),
                 "pipeline_family": self.family.name,
+                # NO, MULTI_GPU, FSDP, DEEPSPEED...: what ``accelerate launch`` set up.
+                "distributed_type": str(getattr(acc.distributed_type, "value", acc.distributed_type)),
+                "num_processes": self.world,
                 "task": self.task,
                 "notes": list(self.logger.notes),
             }
