@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import PromptRow, open_source
 from .families import Cond, FlowFamily
+from .lora import POLICY, activate
 from .rewarding import RewardClient, ScoredBatch
 
 if TYPE_CHECKING:
@@ -114,8 +115,6 @@ class GroupSampler:
         parts, timings)."""
         import torch
 
-        from . import nft
-
         t0 = time.perf_counter()
         cond, sources = self.encode(rows)
         sample_group = torch.arange(len(rows)).repeat_interleave(per_row)
@@ -128,7 +127,7 @@ class GroupSampler:
         futures: list[Future[Any]] = []
         spans: list[tuple[int, int]] = []
         done_groups = 0
-        nft.activate(self.transformer, adapter)
+        activate(self.transformer, adapter)
         try:
             with torch.no_grad():
                 for idx in chunks(range(n), self.batch_size):
@@ -146,7 +145,7 @@ class GroupSampler:
                         spans.append((a, b))
                         done_groups = complete
         finally:
-            nft.activate(self.transformer, nft.POLICY)
+            activate(self.transformer, POLICY)
         t1 = time.perf_counter()
         parts = []
         for (a, b), fut in zip(spans, futures, strict=True):
