@@ -4,6 +4,9 @@
 * :mod:`.generator` - a procedural generator whose error rates depend on how explicit the prompt is;
 * :mod:`.teacher` - a scripted teacher backend (``demo-teacher``) with configurable noise;
 * :mod:`.vision` - pretraining and conditioning of the student's vision tower;
+* :mod:`.base_data`, :mod:`.base` - the pretrained base student (generic vision-language tasks of
+  the world), shipped with the package under ``demo/base``;
+* :mod:`.sft` - the lean SFT loop (frozen-tower features computed once);
 * :mod:`.pipeline` - the end-to-end run: pairs -> PARROT -> student training -> eval -> refine;
 * :mod:`.report` - ``summary.json`` and ``report.html``.
 
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends import register_backend
 
 if TYPE_CHECKING:
+    from .base import BaseRecipe, pretrain_base, shipped_base
     from .generator import DemoGenerator, ErrorRates, draw_scene
     from .pipeline import DemoConfig, run_demo
     from .teacher import DemoTeacher
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
 register_backend("demo-teacher", "rationalrewards.demo.teacher:DemoTeacher")
 
 _LAZY = {
+    "BaseRecipe": ".base",
+    "pretrain_base": ".base",
+    "shipped_base": ".base",
     "DemoGenerator": ".generator",
     "ErrorRates": ".generator",
     "draw_scene": ".generator",
@@ -54,6 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BaseRecipe",
     "DemoConfig",
     "DemoGenerator",
     "DemoTeacher",
@@ -63,8 +71,10 @@ __all__ = [
     "Task",
     "draw_scene",
     "parse_request",
+    "pretrain_base",
     "pretrain_vision",
     "render",
     "run_demo",
     "sample_task",
+    "shipped_base",
 ]
