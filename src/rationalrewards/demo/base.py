@@ -237,7 +237,7 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..testing.tiny_models import build_tiny_qwen3vl
-    from .pipeline import tokenizer_corpus
+    from .corpus import tokenizer_corpus
     from .vision import VISION_MARKER, prepare_vision
 
     r = recipe or BaseRecipe()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from ..cli.common import EXIT_INPUT, EXIT_OK, JsonOpt, emit_json, err_console, fail, out_console
 
@@ -57,8 +56,8 @@ def demo(
         import torch  # noqa: F401
         import trl  # noqa: F401
     except ImportError as exc:
-        fail(escape(f"the demo trains a model and needs the training extra: pip install 'rationalrewards[train]' "
-                    f"({exc})"), EXIT_INPUT)
+        fail(f"the demo trains a model and needs the training extra: pip install 'rationalrewards[train]' "
+             f"({exc})", EXIT_INPUT)
     from .pipeline import DemoConfig, DemoError, run_demo
 
     extra: dict[str, Any] = {"threads": threads} if threads else {}
@@ -68,7 +67,7 @@ def demo(
                                 max_steps=max_steps, base="rebuild" if rebuild_base else base, extra=extra or None)
         summary = run_demo(cfg, log=lambda m: err_console.print(m, markup=False, highlight=False), overwrite=overwrite)
     except (DemoError, ValueError) as exc:
-        fail(escape(str(exc)), EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT)
     if json_out:
         emit_json(summary)
     else:
@@ -117,7 +116,7 @@ def pretrain_base_cmd(
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        fail(escape(f"pretraining needs the training extra: pip install 'rationalrewards[train]' ({exc})"), EXIT_INPUT)
+        fail(f"pretraining needs the training extra: pip install 'rationalrewards[train]' ({exc})", EXIT_INPUT)
     from .base import BaseModelError, BaseRecipe, pretrain_base
 
     recipe = BaseRecipe(seed=seed, **({"steps": steps} if steps else {}))
@@ -125,7 +124,7 @@ def pretrain_base_cmd(
         stats = pretrain_base(out, recipe, threads=threads,
                               log=lambda m: err_console.print(m, markup=False, highlight=False))
     except (BaseModelError, ValueError) as exc:
-        fail(escape(str(exc)), EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT)
     if json_out:
         emit_json(stats)
     else:

@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
+from .corpus import tokenizer_corpus
 from .generator import ErrorRates, draw_scene
 from .layout import REPORT_FILE, RUN_FOLDERS, STATE_FILE, SUMMARY_FILE, RunFolder
 from .vision import VISION_MARKER, prepare_vision
 from .world import (
     DIM_OF,
-    JUDGE_TEMPLATES,
     Intent,
     Scene,
     dims_for,
@@ -294,27 +294,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-def tokenizer_corpus(seed: int = 0, n: int = 300) -> list[str]:
-    """Text to train the student's BPE tokenizer on: the judge templates and answers written by
-    the teacher for random requests of the world, so that the critique vocabulary (headers,
-    defect phrases, cue sentences, scores) comes out as a few tokens per word."""
-    from .teacher import pairwise_answer, pointwise_answer
-
-    rng = random.Random(f"demo-corpus:{seed}")
-    lines: list[str] = []
-    for text in JUDGE_TEMPLATES.values():
-        lines += text.splitlines(keepends=True) * 3
-    for i in range(n):
-        task = sample_task(rng, f"corpus-{i}")
-        src = task.intent.source
-        intent, s1 = draw_scene(task.prompt, source=src, seed=2 * i)
-        _, s2 = draw_scene(task.prompt, source=src, seed=2 * i + 1)
-        lines.append(task.prompt + "\n")
-        lines += pointwise_answer(intent, find_defects(intent, s1)).splitlines(keepends=True)
-        lines += pairwise_answer(intent, find_defects(intent, s1), find_defects(intent, s2)).splitlines(keepends=True)
-    return lines
 
 
 # ------------------------------------------------------------------------------------------------

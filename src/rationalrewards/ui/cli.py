@@ -46,7 +46,7 @@ def ui(
     except ValueError as exc:
         fail(str(exc), EXIT_INPUT)
     if run is not None and not run.is_dir():
-        fail(f"--run: not a folder: {escape(str(run))}", EXIT_INPUT)
+        fail(f"--run: not a folder: {run}", EXIT_INPUT)
     examples = None
     if demo:
         rm = demo_reward_model(noise=demo_noise)
