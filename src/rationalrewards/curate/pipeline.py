@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any
 
 from ..critique.dimensions import DIMENSION_KEYS
 from ..critique.schema import CritiqueResult
-from ..io import ResumableJsonl, atomic_write_json, iter_keyed_rows
+from ..io import ResumableJsonl, atomic_write_json, dumps_line, iter_keyed_rows
 from .report import Stats, draw_histogram, png_bytes, write_report_html
 from .sources import Columns, Item, ItemSource, ListItems, inline_bytes, open_items
 from .thresholds import Decision, Thresholds, decide
@@ -354,7 +353,8 @@ class _JsonlWriter:
         self.fh = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # dumps_line: a prompt or id with a lone surrogate is escaped instead of failing the file.
+        self.fh.write(dumps_line(row) + "\n")
 
     def commit(self) -> None:
         self.fh.flush()
@@ -365,6 +365,22 @@ class _JsonlWriter:
     def abort(self) -> None:
         self.fh.close()
         Path(self.tmp).unlink(missing_ok=True)
+
+
+def _displayable(value: Any) -> Any:
+    """``value`` with every lone surrogate (valid in JSON, not in UTF-8) shown as its escape
+    (``\\ud800``), for the HTML report, which is written as UTF-8 text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {k: _displayable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_displayable(v) for v in value]
+    return value
 
 
 def _split_phase(source: ItemSource, critiques: dict[str, dict[str, Any]], out: Path, thresholds: Thresholds,
@@ -383,7 +399,7 @@ def _split_phase(source: ItemSource, critiques: dict[str, dict[str, Any]], out: 
             sources = [export(s, f"{item.id}_source{i}") for i, s in enumerate(item.source)] if item.source else None
             row = output_row(item, crit, decision, image, sources)
             (kept_w if decision.kept else rej_w).write(row)
-            stats.add(row, decision.kept)
+            stats.add(_displayable(row), decision.kept)
     except BaseException:
         kept_w.abort()
         rej_w.abort()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import InputFileError, assign_ids, read_jsonl
+from ..io import InputFileError, LineProblem, assign_ids, read_jsonl
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Names looked up in an image folder when no prompts file is given. ``metadata.jsonl`` /
@@ -223,24 +223,71 @@ class JsonlItems(ItemSource):
     def __init__(self, path: Path, cols: Columns):
         super().__init__(path)
         self.cols = cols
-        rows = read_jsonl(path)
+        # A bad line (not UTF-8, not JSON, not an object, a repeated id) must not sink the other
+        # items: it is kept as a problem and becomes a rejected item with that reason.
+        self.problems: list[LineProblem] = []
+        rows = read_jsonl(path, problems=self.problems)
         if not rows:
-            raise InputFileError(f"{path}: no rows")
+            raise InputFileError(_no_usable_rows(path, self.problems))
         if cols.id != "id":
             for row in rows:
                 row["id"] = row.pop(cols.id, None)
-        self.rows = assign_ids(rows, path)
+        self.rows = assign_ids(rows, path, problems=self.problems)
         present = sorted({k for r in rows for k in r if not k.startswith("_")})
         _require_columns(present, cols, path)
         self.base = path.resolve().parent
+        self._entries = _merge_problems(self.rows, self.problems)
 
     def _load_ids(self) -> list[str]:
-        return [r["id"] for r in self.rows]
+        return [rid for rid, _, _ in self._entries]
 
     def __iter__(self) -> Iterator[Item]:
         cols = Columns("id", self.cols.prompt, self.cols.image, self.cols.source)
-        for row in self.rows:
-            yield _make_item(row["id"], row, cols, self.base, f"{self.path}:{row['_line']}", self.dropped_columns)
+        for rid, row, problem in self._entries:
+            if problem is not None:
+                yield Item(id=rid, prompt=None, image=None, problem=problem.message)
+            else:
+                yield _make_item(rid, row, cols, self.base, f"{self.path}:{row['_line']}", self.dropped_columns)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "bad_lines": len(self.problems)}
+
+
+def _no_usable_rows(path: Path, problems: list[LineProblem]) -> str:
+    """The error for an input none of whose lines can be used (naming the first few problems)."""
+    if not problems:
+        return f"{path}: no rows"
+    shown = "; ".join(p.message for p in problems[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"{path}: no usable line: {shown}{more}"
+
+
+def _problem_id(problem: LineProblem, taken: set[str]) -> str:
+    """The id a bad line is reported under: its own id when it had one nobody else holds, else
+    ``line-N`` (with a suffix in the unlikely case that a good row already uses that id)."""
+    if problem.id is not None and problem.id not in taken:
+        return problem.id
+    rid = f"line-{problem.line}"
+    n = 1
+    while rid in taken:
+        n += 1
+        rid = f"line-{problem.line}-{n}"
+    return rid
+
+
+def _merge_problems(rows: list[dict[str, Any]], problems: list[LineProblem]
+                    ) -> list[tuple[str, dict[str, Any] | None, LineProblem | None]]:
+    """Good rows and bad lines in file order as ``(id, row, problem)``, ids all distinct."""
+    taken = {str(r["id"]) for r in rows}
+    entries: list[tuple[int, str, dict[str, Any] | None, LineProblem | None]] = [
+        (int(r["_line"]), str(r["id"]), r, None) for r in rows
+    ]
+    for p in sorted(problems, key=lambda p: p.line):
+        rid = _problem_id(p, taken)
+        taken.add(rid)
+        entries.append((p.line, rid, None, p))
+    entries.sort(key=lambda e: e[0])
+    return [(rid, row, problem) for _, rid, row, problem in entries]
 
 
 class ParquetItems(ItemSource):
@@ -335,35 +382,55 @@ class HFDatasetItems(ItemSource):
         return {**super().describe(), "split": self.split}
 
 
-def read_prompts_file(path: Path) -> dict[str, dict[str, Any]]:
+def read_prompts_file(path: Path, problems: list[LineProblem] | None = None) -> dict[str, dict[str, Any]]:
     """Map image file name -> row (with at least ``prompt``) from a JSONL, CSV or TXT prompts file.
 
     JSONL / CSV rows need a file column (``file_name``, ``filename``, ``file``, ``image`` or
     ``path``) and a prompt column (``prompt``, ``text``, ``caption`` or ``instruction``); other
     columns (``id``, ``source``, anything else) come along. TXT lines are ``FILE<TAB>PROMPT``.
+
+    A line that cannot be used (not UTF-8, not JSON, no file name, a file listed twice) is
+    appended to ``problems`` when a list is given (the caller rejects it as an item of its own);
+    without one it raises :class:`InputFileError`. A file with no usable line always raises.
     """
     if not path.is_file():
         raise InputFileError(f"prompts file not found: {path}")
+    found: list[LineProblem] = [] if problems is None else problems
+
+    def problem(lineno: int, what: str) -> None:
+        found.append(LineProblem(lineno, f"{path}:{lineno}: {what}"))
+        if problems is None:
+            raise InputFileError(found[-1].message)
+
     suffix = path.suffix.lower()
-    rows: list[tuple[str, dict[str, Any]]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     if suffix == ".txt":
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, prompt = line.partition("\t")
-            if not sep or not name.strip() or not prompt.strip():
-                raise InputFileError(f"{path}:{lineno}: expected FILE<TAB>PROMPT")
-            rows.append((f"{path}:{lineno}", {"file_name": name.strip(), "prompt": prompt.strip()}))
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    problem(lineno, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                    continue
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                name, sep, prompt = line.partition("\t")
+                if not sep or not name.strip() or not prompt.strip():
+                    problem(lineno, "expected FILE<TAB>PROMPT")
+                    continue
+                rows.append((lineno, {"file_name": name.strip(), "prompt": prompt.strip()}))
     elif suffix in (".jsonl", ".json"):
-        rows = [(f"{path}:{r.pop('_line')}", r) for r in read_jsonl(path)]
+        rows = [(int(r.pop("_line")), r) for r in read_jsonl(path, problems=found if problems is not None else None)]
     elif suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
-            rows = [(f"{path}:{i}", dict(r)) for i, r in enumerate(reader, 2)]
+            rows = [(i, dict(r)) for i, r in enumerate(reader, 2)]
     else:
         raise InputFileError(f"{path}: prompts file must be .jsonl, .csv or .txt")
     if not rows:
-        raise InputFileError(f"{path}: no rows")
+        raise InputFileError(_no_usable_rows(path, found))
     first = rows[0][1]
     file_key = next((k for k in _FILE_KEYS if k in first), None)
     prompt_key = next((k for k in _PROMPT_KEYS if k in first), None)
@@ -373,13 +440,15 @@ def read_prompts_file(path: Path) -> dict[str, dict[str, Any]]:
             f"found {', '.join(first) or '(none)'}"
         )
     mapping: dict[str, dict[str, Any]] = {}
-    for where, row in rows:
+    for lineno, row in rows:
         name = row.get(file_key)
         if not name:
-            raise InputFileError(f"{where}: empty {file_key!r}")
+            problem(lineno, f"empty {file_key!r}")
+            continue
         name = Path(str(name)).as_posix()
         if name in mapping:
-            raise InputFileError(f"{where}: {name!r} is listed twice")
+            problem(lineno, f"{name!r} is listed twice")
+            continue
         out = {k: v for k, v in row.items() if k not in (file_key, prompt_key)}
         out["prompt"] = row.get(prompt_key)
         mapping[name] = out
@@ -409,8 +478,11 @@ class ImageFolderItems(ItemSource):
         if prompts is None:
             prompts = next((self.root / n for n in PROMPT_FILE_NAMES if (self.root / n).is_file()), None)
         self.prompts_file = prompts
+        # Lines of the prompts file that name no usable image become rejected items of their own.
+        self.problems: list[LineProblem] = []
+        self._problem_ids: list[str] = []
         if prompts is not None:
-            self.mapping = read_prompts_file(prompts)
+            self.mapping = read_prompts_file(prompts, self.problems)
         elif images and all((self.root / n).with_suffix(".txt").is_file() for n in images):
             self.mapping = {n: {"prompt": (self.root / n).with_suffix(".txt").read_text(encoding="utf-8").strip()}
                             for n in images}
@@ -425,20 +497,30 @@ class ImageFolderItems(ItemSource):
         self.names = images + sorted(set(self.mapping) - set(images))
 
     def _load_ids(self) -> list[str]:
-        return [str(self.mapping.get(n, {}).get("id") or n) for n in self.names]
+        ids = [str(self.mapping.get(n, {}).get("id") or n) for n in self.names]
+        taken = set(ids)
+        self._problem_ids = []
+        for p in self.problems:
+            rid = _problem_id(p, taken)
+            taken.add(rid)
+            self._problem_ids.append(rid)
+        return ids + self._problem_ids
 
     def __iter__(self) -> Iterator[Item]:
         ids = self.ids()
-        for rid, name in zip(ids, self.names, strict=True):
+        for rid, name in zip(ids[:len(self.names)], self.names, strict=True):
             entry = dict(self.mapping.get(name, {}))
             entry.pop("id", None)
             item = _make_item(rid, {**entry, "image": name}, Columns(), self.root, name, self.dropped_columns)
             if name not in self.mapping:
                 item.problem = f"{name}: no prompt for this image in {self.prompts_file or 'its .txt caption'}"
             yield item
+        for rid, problem in zip(self._problem_ids, self.problems, strict=True):
+            yield Item(id=rid, prompt=None, image=None, problem=problem.message)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prompts_file": str(self.prompts_file) if self.prompts_file else None}
+        return {**super().describe(), "prompts_file": str(self.prompts_file) if self.prompts_file else None,
+                "bad_lines": len(self.problems)}
 
 
 def open_items(

@@ -1,0 +1,129 @@
+"""One bad input line never takes a batch down (issue 12), for curate, PARROT and eval.
+
+Each stage gets a JSONL file that starts with a UTF-8 BOM and holds, among good rows, a line that
+is not UTF-8, a line that is not JSON and a row whose prompt holds a lone surrogate (valid JSON via
+a ``\\ud800`` escape, but not encodable as UTF-8). The run must finish, save the good items, and
+report each bad line under its id (or ``line-N``) with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rationalrewards import RewardModel
+from rationalrewards.backends.openai_http import OpenAIBackend
+from rationalrewards.curate import curate
+from rationalrewards.io import InputFileError
+from rationalrewards.testing.scripted_server import ScriptedServer, critique_text, detect_task
+
+BOM = b"\xef\xbb\xbf"
+NOT_UTF8 = b'{"id": "latin1", "prompt": "caf\xe9", "image": "img/a.png"}\n'  # Latin-1 e-acute
+LATIN1_COLUMN = NOT_UTF8.index(b"\xe9") + 1
+NOT_JSON = b'{"id": "torn", "prompt": "half a line\n'
+SURROGATE_PROMPT = "a lone \ud800 surrogate"
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jline(row: dict) -> bytes:
+    # ensure_ascii keeps the surrogate as a \ud800 escape: the line itself is valid UTF-8.
+    return (json.dumps(row) + "\n").encode("ascii")
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def fixed_judge(req) -> str:
+    return critique_text(detect_task(req), {"text_faithfulness": 4.0, "physical_quality": 3.0,
+                                            "image_faithfulness": 3.0, "text_rendering": None})
+
+
+def judge_model(server: ScriptedServer) -> RewardModel:
+    return RewardModel(OpenAIBackend(server.base_url, "judge", max_retries=0, backoff_base=0.01, backoff_max=0.02))
+
+
+# -- curate ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def curate_items(tmp_path: Path) -> Path:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(png((200, 200, 0)))
+    (tmp_path / "img" / "b.png").write_bytes(png((0, 200, 0)))
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(
+        BOM + jline({"id": "first", "prompt": "a yellow square", "image": "img/a.png"})  # line 1, after the BOM
+        + NOT_UTF8                                                                       # line 2
+        + NOT_JSON                                                                       # line 3
+        + jline({"id": "odd", "prompt": SURROGATE_PROMPT, "image": "img/b.png"})         # line 4
+        + jline({"id": "last", "prompt": "a green square", "image": "img/b.png"})         # line 5
+        + jline({"id": "first", "prompt": "again", "image": "img/a.png"})                # line 6: repeated id
+    )
+    return path
+
+
+def test_curate_rejects_each_bad_line_with_its_reason_and_curates_the_rest(curate_items, tmp_path):
+    out = tmp_path / "out"
+    with ScriptedServer(fixed_judge) as server:
+        result = curate(curate_items, out, reward_model=judge_model(server))
+    kept = {r["id"]: r for r in read_rows(out / "kept.jsonl")}
+    rejected = {r["id"]: r for r in read_rows(out / "rejected.jsonl")}
+    # The BOM did not spoil line 1, and the good rows were judged and kept.
+    assert {"first", "last"} <= set(kept)
+    assert kept["first"]["prompt"] == "a yellow square"
+    # Each bad line is a rejected row under line-N, its reason naming the file, the line and the fault.
+    assert rejected["line-2"]["reason"] == (
+        f"critique failed (input): {curate_items}:2: not UTF-8 text (byte 0xe9 at column {LATIN1_COLUMN})")
+    assert rejected["line-3"]["reason"].startswith(f"critique failed (input): {curate_items}:3: not valid JSON")
+    assert rejected["line-6"]["reason"] == (
+        f"critique failed (input): {curate_items}:6: duplicate id 'first' (first on line 1)")
+    for rid in ("line-2", "line-3", "line-6"):
+        assert rejected[rid]["kept"] is False
+        assert rejected[rid]["critique"]["error_kind"] == "input"
+    # The judge refuses a prompt with a lone surrogate; the row is still saved (escaped on disk)
+    # with that reason, and its prompt reads back unchanged.
+    assert rejected["odd"]["prompt"] == SURROGATE_PROMPT
+    assert rejected["odd"]["reason"].startswith("critique failed (input): prompt is not valid Unicode: lone surrogate")
+    assert set(kept) | set(rejected) == {"first", "line-2", "line-3", "odd", "last", "line-6"}
+    assert result.n == 6
+    assert result.summary["input"]["bad_lines"] == 3
+    assert result.summary["stats"]["failures_by_kind"]["input"] >= 3
+    assert (out / "report.html").is_file()
+
+
+def test_curate_input_without_one_usable_line_is_still_an_input_error(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(BOM + NOT_UTF8 + NOT_JSON)
+    with pytest.raises(InputFileError, match=r"no usable line: .*:1: not UTF-8 text.*:2: not valid JSON"):
+        curate(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_curate_prompts_file_bad_lines_are_rejected_items_of_their_own(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png((200, 200, 0)))
+    (folder / "b.png").write_bytes(png((0, 200, 0)))
+    (folder / "prompts.jsonl").write_bytes(
+        BOM + jline({"file_name": "a.png", "prompt": "a yellow square"})
+        + b'{"file_name": "b.png", "prompt": "gr\xfcn"}\n'
+    )
+    out = tmp_path / "out"
+    with ScriptedServer(fixed_judge) as server:
+        curate(folder, out, reward_model=judge_model(server))
+    assert [r["id"] for r in read_rows(out / "kept.jsonl")] == ["a.png"]
+    rejected = {r["id"]: r["reason"] for r in read_rows(out / "rejected.jsonl")}
+    # b.png lost its prompt line, so it has no prompt; the line itself is reported too.
+    assert rejected["b.png"].startswith("critique failed (input): b.png: no prompt for this image")
+    assert rejected["line-2"] == (
+        f"critique failed (input): {folder / 'prompts.jsonl'}:2: not UTF-8 text (byte 0xfc at column 37)")
