@@ -383,7 +383,9 @@ def backend_command(
         kept = [p for p in sig.parameters.values() if p.name != dest]
         added = []
         for name, ann, default, flag, help_text, check in _BACKEND_FIELDS:
-            option = typer.Option(f"--{prefix}{flag}", help=help_text, rich_help_panel=rich_panel, callback=check)
+            # The shared help names the unprefixed flags; a prefixed option must name its siblings.
+            shown = help_text.replace("--base-url", f"--{prefix}base-url") if prefix else help_text
+            option = typer.Option(f"--{prefix}{flag}", help=shown, rich_help_panel=rich_panel, callback=check)
             added.append(inspect.Parameter(
                 f"{pyprefix}{name}", inspect.Parameter.KEYWORD_ONLY,
                 default=overrides.get(name, default), annotation=Annotated[ann, option],

@@ -33,6 +33,19 @@ from .common import (
 )
 
 
+def _blank_score(res: Any, key: str, has_text: bool) -> str:
+    """What a dimension without a number shows: ``failed`` when the parse failed because of
+    this dimension (a score on another scale such as ``7/10``: the reason is printed above the
+    table), ``N/A`` when the judge answered N/A, ``missing`` when there is nothing at all."""
+    if not res.ok and res.error:
+        from ..critique.dimensions import dimensions_for
+
+        for dim in dimensions_for(res.task):
+            if dim.key == key and any(name in res.error for name in (dim.header, *dim.aliases)):
+                return "[red]failed[/]"
+    return "N/A" if has_text else "missing"
+
+
 def _show_critique(res: Any) -> None:
     # Everything from the user or the model is escaped: "[/]" in a prompt echoed by the judge,
     # or "[link=...]" in its text, must print literally (and never crash the output).
@@ -44,7 +57,7 @@ def _show_critique(res: Any) -> None:
     table = Table("dimension", "score", "justification", show_lines=True)
     for key, just in res.justifications.items():
         score = res.scores.get(key)
-        shown = f"{score:.2f}" if score is not None else ("N/A" if just else "missing")
+        shown = f"{score:.2f}" if score is not None else _blank_score(res, key, bool(just))
         table.add_row(escape(key), shown, escape((just or "")[:400]))
     if res.justifications:
         out_console.print(table)
@@ -68,7 +81,8 @@ def _show_compare(res: Any) -> None:
     table = Table("dimension", "A", "B")
     for key in res.justifications:
         a, b = res.scores_a.get(key), res.scores_b.get(key)
-        table.add_row(escape(key), "N/A" if a is None else f"{a:.2f}", "N/A" if b is None else f"{b:.2f}")
+        blank = _blank_score(res, key, True)
+        table.add_row(escape(key), blank if a is None else f"{a:.2f}", blank if b is None else f"{b:.2f}")
     out_console.print(table)
     if res.winner:
         out_console.print(f"[bold]winner[/] {res.winner}  (reward A {res.reward_a:.4f}, B {res.reward_b:.4f})")
@@ -300,17 +314,17 @@ def critique(
 
 @backend_command()
 def compare(
-    prompt: Annotated[str | None, typer.Option("--prompt")] = None,
-    image_a: Annotated[Path | None, typer.Option("--image-a")] = None,
-    image_b: Annotated[Path | None, typer.Option("--image-b")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The generation request / edit instruction.")] = None,
+    image_a: Annotated[Path | None, typer.Option("--image-a", help="First image (A).")] = None,
+    image_b: Annotated[Path | None, typer.Option("--image-b", help="Second image (B).")] = None,
     source: Annotated[list[Path] | None, typer.Option("--source", help="Source image(s); makes it an edit task.")] = None,
     mode: Annotated[str, typer.Option("--mode", callback=check_choice("pairwise|pointwise", "pairwise, pointwise"),
                                       help="pairwise (one joint judgement) or pointwise.")] = "pairwise",
     swap: Annotated[bool, typer.Option("--swap", help="Also judge B-vs-A and combine both orders.")] = False,
     tie_tolerance: TieToleranceOpt = 0.0,
     input: Annotated[Path | None, typer.Option("--input", help="Batch: JSONL of {id, prompt, image_a, image_b, source?}.")] = None,
-    output: Annotated[Path | None, typer.Option("--output")] = None,
-    strict: Annotated[bool, typer.Option("--strict")] = False,
+    output: Annotated[Path | None, typer.Option("--output", help="Batch: results JSONL (resumes if present).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Batch: exit non-zero if any item failed.")] = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     backend: dict[str, Any] | None = None,

@@ -7,6 +7,7 @@ import importlib
 import typer
 
 from . import judge
+from .helpfmt import HelpGroup
 
 app = typer.Typer(
     name="rationalrewards",
@@ -14,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=HelpGroup,  # plain 80-column help with option groups and examples (cli/helpfmt.py)
 )
 
 app.command("critique")(judge.critique)

@@ -24,7 +24,7 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the world, the teacher and training.")] = 0,
     teacher_noise: Annotated[float | None, typer.Option("--teacher-noise", min=0.0, max=1.0,
                                                         help="Share of teacher answers with one missed or hallucinated "
-                                                        "defect [0.3].")] = None,
+                                                        "defect.", show_default="0.3")] = None,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Train on the raw teacher output (the ablation).")] = False,
     train_pairs: Annotated[int | None, typer.Option("--train-pairs", min=1, help="Preference pairs for PARROT.")] = None,
     eval_pairs: Annotated[int | None, typer.Option("--eval-pairs", min=1, help="Held-out pairs for eval.")] = None,
@@ -105,8 +105,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 def pretrain_base_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the base model; rerunning resumes its checkpoint.")],
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pretraining data stream and the weights.")] = 0,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps [the shipped recipe's].")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads [every core].")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps.", show_default="the shipped recipe's")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.", show_default="every core")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Pretrain the demo's base student (vision tower and language model) on generic vision-language tasks of the

@@ -48,8 +48,8 @@ def localize_command(
     prompt: Annotated[str | None, typer.Option("--prompt", help="The request the image was judged against "
                                                "(shown to the judge).")] = None,
     task: Annotated[str | None, typer.Option("--task", help="t2i or edit, to parse a raw-text critique.")] = None,
-    max_defects: Annotated[int, typer.Option("--max-defects", callback=check_number(1))] = 5,
-    max_boxes: Annotated[int, typer.Option("--max-boxes-per-phrase", callback=check_number(1))] = 3,
+    max_defects: Annotated[int, typer.Option("--max-defects", callback=check_number(1), help="Most defects (lowest-scored first) to localize (>= 1).")] = 5,
+    max_boxes: Annotated[int, typer.Option("--max-boxes-per-phrase", callback=check_number(1), help="Most detector boxes kept per defect phrase (>= 1).")] = 3,
     low_score: Annotated[float, typer.Option("--low-score", callback=check_number(),
                                              help="Fallback: dimensions scored below this are searched.")] = 3.0,
     attach: Annotated[bool, typer.Option("--attach", help="Also write OUT/critique.json with a `regions` field.")

@@ -39,39 +39,39 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with
 TeacherUrlOpt = Annotated[list[str] | None, typer.Option("--teacher-base-url", "--base-url", help="Teacher OpenAI-compatible server; repeat to balance over several.")]
 TeacherModelOpt = Annotated[str | None, typer.Option("--teacher-model", "--model", help="Served teacher model name (or a local folder without a URL).")]
 TeacherKeyOpt = Annotated[str | None, typer.Option("--teacher-api-key", "--api-key", help="Bearer key (default: $OPENAI_API_KEY).")]
-ConcOpt = Annotated[int | None, typer.Option("--concurrency", callback=check_number(1), help="Teacher requests in flight [64].")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", callback=check_number(0, above=True), help="Seconds per teacher request attempt [600].")]
-RetriesOpt = Annotated[int | None, typer.Option("--max-retries", callback=check_number(0), help="Retries per teacher call [4].")]
-TempOpt = Annotated[float | None, typer.Option("--temperature", callback=check_number(0), help="Anchored sampling temperature [0.7].")]
-MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", callback=check_number(1), help="Anchored max tokens [4096].")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed; sample k uses seed+k [0].")]
+ConcOpt = Annotated[int | None, typer.Option("--concurrency", callback=check_number(1), help="Teacher requests in flight.", show_default="64")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", callback=check_number(0, above=True), help="Seconds per teacher request attempt.", show_default="600")]
+RetriesOpt = Annotated[int | None, typer.Option("--max-retries", callback=check_number(0), help="Retries per teacher call.", show_default="4")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", callback=check_number(0), help="Anchored sampling temperature.", show_default="0.7")]
+MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", callback=check_number(1), help="Anchored max tokens.", show_default="4096")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed; sample k uses seed+k.", show_default="0")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Response cache folder for teacher calls (off by default).")]
 TemplatesOpt = Annotated[Path | None, typer.Option("--templates", help="Judge template set shared by teacher and student.")]
 TeacherTplOpt = Annotated[Path | None, typer.Option("--teacher-templates", help="Folder overriding the PARROT teacher prompt files.")]
-MaxPixOpt = Annotated[int | None, typer.Option("--max-pixels", callback=check_number(1), help="Images are stored at most this large [802816].")]
-SamplesOpt = Annotated[int | None, typer.Option("--samples", callback=check_number(1), help="Anchored rationales per pair and order [2].")]
-PointwiseOpt = Annotated[bool | None, typer.Option("--pointwise/--no-pointwise", help="Also anchored pointwise critiques [on].")]
-PwSamplesOpt = Annotated[int | None, typer.Option("--pointwise-samples", callback=check_number(1), help="Pointwise samples per image [= --samples].")]
-OrdersOpt = Annotated[str | None, typer.Option("--orders", help="as-is | both | balanced [balanced].")]
+MaxPixOpt = Annotated[int | None, typer.Option("--max-pixels", callback=check_number(1), help="Images are stored at most this large.", show_default="802816")]
+SamplesOpt = Annotated[int | None, typer.Option("--samples", callback=check_number(1), help="Anchored rationales per pair and order.", show_default="2")]
+PointwiseOpt = Annotated[bool | None, typer.Option("--pointwise/--no-pointwise", help="Also anchored pointwise critiques.", show_default="on")]
+PwSamplesOpt = Annotated[int | None, typer.Option("--pointwise-samples", callback=check_number(1), help="Pointwise samples per image.", show_default="same as --samples")]
+OrdersOpt = Annotated[str | None, typer.Option("--orders", help="as-is | both | balanced.", show_default="balanced")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Column preset: auto, canonical, pickapic, hpdv3, imagereward, editreward, genai-bench, chosen-rejected.")]
 ColumnOpt = Annotated[list[str] | None, typer.Option("--column", help="Column mapping CANONICAL=SOURCE, e.g. prompt=caption (repeatable).")]
 LabelFmtOpt = Annotated[str | None, typer.Option("--label-format", help="auto | ab | prob_a | index | ranking.")]
 ImageRootOpt = Annotated[Path | None, typer.Option("--image-root", help="Folder relative image paths resolve against.")]
-SplitOpt = Annotated[str | None, typer.Option("--split", help="Split of a saved HF DatasetDict [train].")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Split of a saved HF DatasetDict.", show_default="train")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", callback=check_number(1), help="Use only the first N input rows.")]
-TiesOpt = Annotated[bool | None, typer.Option("--include-ties/--skip-ties", help="Train on tie pairs too [skip].")]
-MarginOpt = Annotated[float | None, typer.Option("--margin", callback=check_number(0), help="Required score-sum gap toward the label [0].")]
-PwMarginOpt = Annotated[float | None, typer.Option("--pointwise-margin", callback=check_number(0), help="Required reward gap for pointwise [0].")]
-TieTolOpt = Annotated[float | None, typer.Option("--tie-tolerance", callback=check_number(0), help="Sum gap still called a tie [0].")]
+TiesOpt = Annotated[bool | None, typer.Option("--include-ties/--skip-ties", help="Train on tie pairs too.", show_default="skip")]
+MarginOpt = Annotated[float | None, typer.Option("--margin", callback=check_number(0), help="Required score-sum gap toward the label.", show_default="0")]
+PwMarginOpt = Annotated[float | None, typer.Option("--pointwise-margin", callback=check_number(0), help="Required reward gap for pointwise.", show_default="0")]
+TieTolOpt = Annotated[float | None, typer.Option("--tie-tolerance", callback=check_number(0), help="Sum gap still called a tie.", show_default="0")]
 AggOpt = Annotated[str | None, typer.Option("--aggregation", callback=check_aggregation, help="default | release-edit-rl | release-pairwise | key=weight,...")]
 LeakOpt = Annotated[list[str] | None, typer.Option("--leak-pattern", help="Extra regex that marks a rationale as leaking (repeatable).")]
-RepredictOpt = Annotated[bool | None, typer.Option("--repredict/--no-repredict", help="Predictive-sufficiency check [on].")]
-KeepScoresOpt = Annotated[bool | None, typer.Option("--keep-scores/--strip-scores", help="Show scores to the re-predicting teacher [strip].")]
-BothOrdersOpt = Annotated[bool | None, typer.Option("--repredict-both-orders/--repredict-one-order", help="Require the right prediction in both image orders [one].")]
-RpPointOpt = Annotated[bool | None, typer.Option("--repredict-pointwise/--no-repredict-pointwise", help="Re-predict from pointwise critiques too [off].")]
-SelectOpt = Annotated[str | None, typer.Option("--select", help="Among surviving samples of a pair: first | margin | all [margin].")]
-ValOpt = Annotated[float | None, typer.Option("--val-fraction", callback=check_number(0, high=0.99), help="Share of pairs in validation [0.05].")]
-HfOpt = Annotated[bool | None, typer.Option("--save-hf-dataset/--no-hf-dataset", help="Also save a self-contained datasets folder [off].")]
+RepredictOpt = Annotated[bool | None, typer.Option("--repredict/--no-repredict", help="Predictive-sufficiency check.", show_default="on")]
+KeepScoresOpt = Annotated[bool | None, typer.Option("--keep-scores/--strip-scores", help="Show scores to the re-predicting teacher.", show_default="strip")]
+BothOrdersOpt = Annotated[bool | None, typer.Option("--repredict-both-orders/--repredict-one-order", help="Require the right prediction in both image orders.", show_default="one")]
+RpPointOpt = Annotated[bool | None, typer.Option("--repredict-pointwise/--no-repredict-pointwise", help="Re-predict from pointwise critiques too.", show_default="off")]
+SelectOpt = Annotated[str | None, typer.Option("--select", help="Among surviving samples of a pair: first | margin | all.", show_default="margin")]
+ValOpt = Annotated[float | None, typer.Option("--val-fraction", callback=check_number(0, high=0.99), help="Share of pairs in validation.", show_default="0.05")]
+HfOpt = Annotated[bool | None, typer.Option("--save-hf-dataset/--no-hf-dataset", help="Also save a self-contained datasets folder.", show_default="off")]
 PriceInOpt = Annotated[float | None, typer.Option("--price-input", callback=check_number(0), help="USD per million prompt tokens, for the cost estimate.")]
 PriceOutOpt = Annotated[float | None, typer.Option("--price-output", callback=check_number(0), help="USD per million completion tokens.")]
 
@@ -226,26 +226,26 @@ def train(
     model: Annotated[str | None, typer.Option("--model", help="Base student model folder or HF id.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output checkpoint folder.")] = None,
     config: ConfigOpt = None,
-    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA (peft) instead of a full fine-tune [full].")] = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r", callback=check_number(1), help="LoRA rank [16].")] = None,
-    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", callback=check_number(1), help="LoRA alpha [32].")] = None,
-    merge_lora: Annotated[bool | None, typer.Option("--merge-lora/--no-merge-lora", help="Save merged weights [merge].")] = None,
-    freeze_vision: Annotated[bool | None, typer.Option("--freeze-vision/--train-vision", help="Freeze vision tower + projector [frozen].")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", callback=check_number(0, above=True), help="[1e-5]")] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", callback=check_number(0, above=True), help="[3]")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA (peft) instead of a full fine-tune.", show_default="full")] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", callback=check_number(1), help="LoRA rank.", show_default="16")] = None,
+    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", callback=check_number(1), help="LoRA alpha.", show_default="32")] = None,
+    merge_lora: Annotated[bool | None, typer.Option("--merge-lora/--no-merge-lora", help="Save merged weights.", show_default="merge")] = None,
+    freeze_vision: Annotated[bool | None, typer.Option("--freeze-vision/--train-vision", help="Freeze vision tower + projector.", show_default="frozen")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", callback=check_number(0, above=True), help="Peak learning rate.", show_default="1e-5")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", callback=check_number(0, above=True), help="Passes over the training data.", show_default="3")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", callback=check_number(1), help="Stop after N optimizer steps (overrides epochs).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", callback=check_number(1), help="Per-device batch [4].")] = None,
-    grad_accum: Annotated[int | None, typer.Option("--grad-accum", callback=check_number(1), help="Gradient accumulation [4].")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", callback=check_number(1), help="Max tokens per example [32768].")] = None,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", callback=check_number(1), help="Image cap [802816].")] = None,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="[bf16 where the GPU supports it]")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="[on GPU]")] = None,
-    save_steps: Annotated[int | None, typer.Option("--save-steps", callback=check_number(1), help="Checkpoint every N steps [500].")] = None,
-    logging_steps: Annotated[int | None, typer.Option("--logging-steps", callback=check_number(1), help="[10]")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="auto | always | never [auto: resume if a checkpoint exists].")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", callback=check_number(1), help="Per-device batch.", show_default="4")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", callback=check_number(1), help="Gradient accumulation.", show_default="4")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", callback=check_number(1), help="Max tokens per example.", show_default="32768")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", callback=check_number(1), help="Image cap.", show_default="802816")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bfloat16 weights and compute.", show_default="bf16 where the GPU supports it")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.", show_default="on GPU")] = None,
+    save_steps: Annotated[int | None, typer.Option("--save-steps", callback=check_number(1), help="Checkpoint every N steps.", show_default="500")] = None,
+    logging_steps: Annotated[int | None, typer.Option("--logging-steps", callback=check_number(1), help="Log the loss every N steps.", show_default="10")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="auto | always | never.", show_default="auto: resume if a checkpoint exists")] = None,
     deepspeed: Annotated[Path | None, typer.Option("--deepspeed", help="DeepSpeed JSON config (or use accelerate launch).")] = None,
-    eval: Annotated[bool | None, typer.Option("--eval/--no-eval", help="Evaluate on the validation split [on].")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="[42]")] = None,
+    eval: Annotated[bool | None, typer.Option("--eval/--no-eval", help="Evaluate on the validation split.", show_default="on")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.", show_default="42")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune the student on DIR/sft (TRL SFTTrainer, assistant-only loss)."""

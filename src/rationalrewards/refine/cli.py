@@ -107,9 +107,9 @@ def refine_cmd(
     gen_dtype: Annotated[str, typer.Option("--gen-dtype", help="diffusers: auto, bfloat16, float16, float32.", rich_help_panel=_GEN)] = "auto",
     gen_steps: Annotated[int | None, typer.Option("--gen-steps", min=1, help="diffusers: num_inference_steps.", rich_help_panel=_GEN)] = None,
     gen_guidance: Annotated[float | None, typer.Option("--gen-guidance", help="diffusers: guidance_scale.", rich_help_panel=_GEN)] = None,
-    gen_width: Annotated[int | None, typer.Option("--gen-width", min=8, rich_help_panel=_GEN)] = None,
-    gen_height: Annotated[int | None, typer.Option("--gen-height", min=8, rich_help_panel=_GEN)] = None,
-    gen_negative_prompt: Annotated[str | None, typer.Option("--gen-negative-prompt", rich_help_panel=_GEN)] = None,
+    gen_width: Annotated[int | None, typer.Option("--gen-width", min=8, help="diffusers: image width in pixels (model default if unset).", rich_help_panel=_GEN)] = None,
+    gen_height: Annotated[int | None, typer.Option("--gen-height", min=8, help="diffusers: image height in pixels (model default if unset).", rich_help_panel=_GEN)] = None,
+    gen_negative_prompt: Annotated[str | None, typer.Option("--gen-negative-prompt", help="diffusers: negative prompt for every image.", rich_help_panel=_GEN)] = None,
     gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", min=1, help="diffusers: most images per pipeline call.", rich_help_panel=_GEN)] = None,
     gen_arg: Annotated[list[str] | None, typer.Option("--gen-arg", help="KEY=VALUE passed to every generator call (JSON values), repeatable.", rich_help_panel=_GEN)] = None,
     gen_api_key: Annotated[str | None, typer.Option("--gen-api-key", help="openai: bearer key (default $OPENAI_API_KEY).", rich_help_panel=_GEN)] = None,
@@ -117,11 +117,11 @@ def refine_cmd(
     gen_timeout: Annotated[float, typer.Option("--gen-timeout", help="openai: seconds per request.", rich_help_panel=_GEN)] = 600.0,
     # -- critic: the shared backend options with a critic- prefix (backend_command)
     # -- refiner
-    refiner_base_url: Annotated[list[str] | None, typer.Option("--refiner-base-url", rich_help_panel=_REFINER)] = None,
-    refiner_model: Annotated[str | None, typer.Option("--refiner-model", rich_help_panel=_REFINER)] = None,
-    refiner_api_key: Annotated[str | None, typer.Option("--refiner-api-key", rich_help_panel=_REFINER)] = None,
-    refiner_temperature: Annotated[float, typer.Option("--refiner-temperature", rich_help_panel=_REFINER)] = 0.3,
-    refiner_max_tokens: Annotated[int, typer.Option("--refiner-max-tokens", min=1, rich_help_panel=_REFINER)] = 1024,
+    refiner_base_url: Annotated[list[str] | None, typer.Option("--refiner-base-url", help="Server of a separate model that rewrites the request (unset: none is used).", rich_help_panel=_REFINER)] = None,
+    refiner_model: Annotated[str | None, typer.Option("--refiner-model", help="Refiner model: served name at --refiner-base-url, or a local folder / HF id.", rich_help_panel=_REFINER)] = None,
+    refiner_api_key: Annotated[str | None, typer.Option("--refiner-api-key", help="Bearer key for --refiner-base-url (default: $OPENAI_API_KEY).", rich_help_panel=_REFINER)] = None,
+    refiner_temperature: Annotated[float, typer.Option("--refiner-temperature", help="Sampling temperature of the request rewrite.", rich_help_panel=_REFINER)] = 0.3,
+    refiner_max_tokens: Annotated[int, typer.Option("--refiner-max-tokens", min=1, help="Most tokens in the rewritten request.", rich_help_panel=_REFINER)] = 1024,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate -> critique against the ORIGINAL request -> keep the best -> refine the request -> repeat.

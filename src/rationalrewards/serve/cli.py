@@ -17,8 +17,8 @@ from ..cli.common import (
 
 @backend_command(defaults={"concurrency": 64})
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback: only this machine can connect).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port to listen on (0 picks a free one).")] = 8080,
     token: Annotated[str | None, typer.Option(
         "--token", envvar="RATIONALREWARDS_TOKEN", show_envvar=True,
         help="Bearer token required on /v1/* and /metrics (/healthz stays open).")] = None,

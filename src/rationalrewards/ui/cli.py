@@ -20,8 +20,8 @@ def ui(
         "--demo-noise", min=0.0, max=1.0, help="With --demo: chance that the judge misperceives one defect.")] = 0.0,
     run: Annotated[Path | None, typer.Option(
         "--run", help="Open this eval / refine / curate / demo output folder in the Browse tab.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 7860,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback: only this machine can connect).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port of the browser UI.")] = 7860,
     token: Annotated[str | None, typer.Option(
         "--token", envvar="RATIONALREWARDS_TOKEN", show_envvar=True,
         help="Require this token (as the login password) to use the UI; needed to bind a non-loopback host.")] = None,
