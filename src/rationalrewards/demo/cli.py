@@ -10,6 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from ..cli.common import EXIT_INPUT, EXIT_OK, JsonOpt, emit_json, err_console, fail, out_console
+from ..cli.progress import StageLog, quiet_libraries
+
+VerboseOpt = Annotated[bool, typer.Option(
+    "-v", "--verbose", help="Also print each stage's details (teacher calls, training steps, library warnings).")]
 
 demo_app = typer.Typer(help="The whole system offline on a synthetic world (docs/demo.md).",
                        invoke_without_command=True, no_args_is_help=False)
@@ -38,6 +42,7 @@ def demo(
         "--base", help="What SFT starts from: shipped, rebuild, scratch (the language model from random weights), or "
         "a folder written by `demo pretrain-base`.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the whole system offline on a synthetic world: pairs -> PARROT (scripted teacher) -> fine-tune the
@@ -65,7 +70,9 @@ def demo(
         cfg = DemoConfig.preset(quick=quick, out=str(out), seed=seed, teacher_noise=teacher_noise,
                                 filter=False if no_filter else None, train_pairs=train_pairs, eval_pairs=eval_pairs,
                                 max_steps=max_steps, base="rebuild" if rebuild_base else base, extra=extra or None)
-        summary = run_demo(cfg, log=lambda m: err_console.print(m, markup=False, highlight=False), overwrite=overwrite)
+        quiet_libraries(verbose=verbose)
+        with StageLog(err_console, verbose=verbose) as log:
+            summary = run_demo(cfg, log=log, overwrite=overwrite)
     except (DemoError, ValueError) as exc:
         fail(str(exc), EXIT_INPUT)
     if json_out:
@@ -98,7 +105,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"report    {out / 'report.html'}",
     ]
     for line in lines:
-        out_console.print(line, markup=False, highlight=False)
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line each, even in a file
 
 
 @demo_app.command("pretrain-base")
@@ -107,6 +114,7 @@ def pretrain_base_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pretraining data stream and the weights.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps.", show_default="the shipped recipe's")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.", show_default="every core")] = None,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Pretrain the demo's base student (vision tower and language model) on generic vision-language tasks of the
@@ -121,8 +129,9 @@ def pretrain_base_cmd(
 
     recipe = BaseRecipe(seed=seed, **({"steps": steps} if steps else {}))
     try:
-        stats = pretrain_base(out, recipe, threads=threads,
-                              log=lambda m: err_console.print(m, markup=False, highlight=False))
+        quiet_libraries(verbose=verbose)
+        with StageLog(err_console, verbose=verbose) as log:
+            stats = pretrain_base(out, recipe, threads=threads, log=log)
     except (BaseModelError, ValueError) as exc:
         fail(str(exc), EXIT_INPUT)
     if json_out:

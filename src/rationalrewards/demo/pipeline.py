@@ -887,7 +887,7 @@ class DemoRun(RunFolder):
                 return await loop.arun(item["prompt"], folder / item["id"], source=src, id=item["id"],
                                        seed=int(item["seed"]))
             except RefineInputError as exc:
-                self.log(f"refine {item['id']}: {exc}")
+                self.log(f"refine {item['id']} failed: {exc}")
                 return None
 
         async def go() -> list[Any]:

@@ -246,6 +246,8 @@ def train(
     deepspeed: Annotated[Path | None, typer.Option("--deepspeed", help="DeepSpeed JSON config (or use accelerate launch).")] = None,
     eval: Annotated[bool | None, typer.Option("--eval/--no-eval", help="Evaluate on the validation split.", show_default="on")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Training seed.", show_default="42")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "-v", "--verbose", help="Also print the loss every --logging-steps and library warnings.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune the student on DIR/sft (TRL SFTTrainer, assistant-only loss)."""
@@ -268,7 +270,13 @@ def train(
             "resume": resume, "deepspeed": _s(deepspeed), "eval": eval, "seed": seed,
         }}, where="command line")
         cfg: TrainConfig = holder.train
-        summary = train_student(cfg, log=lambda m: err_console.print(m, markup=False, highlight=False))
+        from ..cli.progress import StageLog, quiet_libraries
+
+        quiet_libraries(verbose=verbose)
+        with StageLog(err_console, verbose=verbose) as log:
+            log("parrot: train ...")
+            summary = train_student(cfg, log=log)
+            log(f"parrot: train done in {summary['seconds']}s")
     except (ConfigError, TrainError, ValueError) as exc:
         fail(str(exc), EXIT_INPUT)
     if json_out:

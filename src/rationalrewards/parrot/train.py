@@ -167,6 +167,44 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     return trainer, processor, info
 
 
+def loss_line(step: int, max_steps: int, logs: dict[str, Any]) -> str | None:
+    """One readable line for a trainer log event (``step 10/40: loss 1.84, lr 1e-05``), or None
+    for an event without a training or eval metric (the end-of-training runtime summary)."""
+    names = (("loss", "loss"), ("eval_loss", "eval loss"), ("grad_norm", "grad norm"), ("learning_rate", "lr"))
+    parts = []
+    for key, label in names:
+        value = logs.get(key)
+        try:
+            parts.append(f"{label} {float(value):.4g}")  # the trainer logs some values as strings
+        except (TypeError, ValueError):
+            continue
+    if not parts:
+        return None
+    return f"step {step}/{max_steps}: " + ", ".join(parts)
+
+
+def replace_trainer_printing(trainer: Any, say: Any) -> None:
+    """Route the trainer's log events to ``say`` as :func:`loss_line` lines.
+
+    Left alone, the trainer prints each log event as a raw dict (``{'loss': '1.84', ...}``) and
+    draws tqdm bars with carriage returns, which a log file keeps as one ever-growing line; the
+    command decides what to show (one line per stage, details with --verbose).
+    """
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class LossLines(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if state.is_world_process_zero and logs:
+                line = loss_line(state.global_step, state.max_steps, logs)
+                if line is not None:
+                    say(line)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossLines())
+
+
 def _resume_arg(cfg: TrainConfig) -> str | bool | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -190,6 +228,7 @@ def train_student(cfg: TrainConfig, *, log: Any = None) -> dict[str, Any]:
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     trainer, processor, info = build_trainer(cfg)
+    replace_trainer_printing(trainer, say)
     resume = _resume_arg(cfg)
     if resume:
         say(f"resuming from {resume}")
