@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .generator import draw_scene
-from .world import ARTEFACTS, POSITIONS, SHAPES, Intent, Obj, Scene, Want, sample_task
+from .world import ARTEFACTS, POSITIONS, SHAPES, Intent, Obj, Scene, Want, pair_objects, sample_task
 
 #: The task kinds, in the order their held-out accuracies are reported.
 TASKS: tuple[str, ...] = ("caption", "qa", "match", "diff", "edit")
@@ -77,22 +77,11 @@ def _want_phrase(w: Want) -> str:
 def mismatches(intent: Intent, scene: Scene) -> list[str]:
     """What in ``scene`` does not match a t2i request ``intent``, named concretely."""
     out: list[str] = []
-    left = list(scene.objects)
-    pending: list[Want] = []
-    matched: list[tuple[Want, Obj]] = []
-    for w in intent.objects:
-        hit = next((o for o in left if o.shape == w.shape and o.color == w.color), None)
-        if hit is None:
-            pending.append(w)
-        else:
-            left.remove(hit)
-            matched.append((w, hit))
-    for w in pending:
-        hit = next((o for o in left if o.shape == w.shape), None)
+    matched, second, left = pair_objects(intent.objects, scene.objects)
+    for w, hit in second:
         if hit is None:
             out.append(f"the {w.color} {w.shape} is missing")
             continue
-        left.remove(hit)
         out.append(f"the {w.shape} is {hit.color}, not {w.color}")
         matched.append((w, hit))
     for w, o in matched:

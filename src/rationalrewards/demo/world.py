@@ -570,26 +570,44 @@ DIM_OF: dict[str, str] = {
 }
 
 
-def _match_wants(wants: tuple[Want, ...], objs: tuple[Obj, ...]) -> list[Defect]:
-    """Defects of a t2i image: each requested object is matched to the best drawn one."""
-    out: list[Defect] = []
+def pair_objects(
+    wants: tuple[Want, ...], objs: tuple[Obj, ...]
+) -> tuple[list[tuple[Want, Obj]], list[tuple[Want, Obj | None]], list[Obj]]:
+    """Match each requested object to the best drawn one.
+
+    Pass 1 pairs exact shape + colour; pass 2 pairs the remaining wants, in request order, with a
+    drawn object of the same shape (a colour error) or None (missing). Returns ``(exact, second,
+    extra)``: the pairs of pass 1, those of pass 2, and the drawn objects nobody asked for. The
+    judge's truth (:func:`find_defects`) and the base pretraining's descriptions share this rule so
+    that they can never disagree about which object is which.
+    """
     left = list(objs)
-    # Pass 1: exact shape + colour; pass 2: same shape (a colour error); the rest are missing.
+    exact: list[tuple[Want, Obj]] = []
     pending: list[Want] = []
-    matched: list[tuple[Want, Obj]] = []
     for w in wants:
         hit = next((o for o in left if o.shape == w.shape and o.color == w.color), None)
         if hit is None:
             pending.append(w)
         else:
             left.remove(hit)
-            matched.append((w, hit))
+            exact.append((w, hit))
+    second: list[tuple[Want, Obj | None]] = []
     for w in pending:
         hit = next((o for o in left if o.shape == w.shape), None)
+        if hit is not None:
+            left.remove(hit)
+        second.append((w, hit))
+    return exact, second, left
+
+
+def _match_wants(wants: tuple[Want, ...], objs: tuple[Obj, ...]) -> list[Defect]:
+    """Defects of a t2i image: each requested object is matched to the best drawn one."""
+    out: list[Defect] = []
+    matched, second, left = pair_objects(wants, objs)
+    for w, hit in second:
         if hit is None:
             out.append(Defect("text_faithfulness", "missing"))
             continue
-        left.remove(hit)
         out.append(Defect("text_faithfulness", "color"))
         matched.append((w, replace(hit, color=w.color)))
     for w, o in matched:
