@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +132,10 @@ def pretrain_base_cmd(
     try:
         quiet_libraries(verbose=verbose)
         with StageLog(err_console, verbose=verbose) as log:
+            log("demo: pretrain-base ...")
+            t0 = time.perf_counter()
             stats = pretrain_base(out, recipe, threads=threads, log=log)
+            log(f"demo: pretrain-base done in {time.perf_counter() - t0:.1f}s")
     except (BaseModelError, ValueError) as exc:
         fail(str(exc), EXIT_INPUT)
     if json_out:
