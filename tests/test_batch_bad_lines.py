@@ -127,3 +127,48 @@ def test_curate_prompts_file_bad_lines_are_rejected_items_of_their_own(tmp_path)
     assert rejected["b.png"].startswith("critique failed (input): b.png: no prompt for this image")
     assert rejected["line-2"] == (
         f"critique failed (input): {folder / 'prompts.jsonl'}:2: not UTF-8 text (byte 0xfc at column 37)")
+
+
+# -- PARROT ---------------------------------------------------------------------------------------
+
+
+def test_parrot_records_each_bad_line_in_bad_pairs_and_anchors_the_rest(tmp_path):
+    from rationalrewards.parrot.config import resolve_config
+    from rationalrewards.parrot.pipeline import Parrot
+    from rationalrewards.testing.judges import judge
+
+    (tmp_path / "img").mkdir()
+    for name, colour in {"red": (255, 0, 0), "blue": (0, 0, 255)}.items():
+        (tmp_path / "img" / f"{name}.png").write_bytes(png(colour))
+
+    def pair(pid: str, prompt: str, label: str) -> bytes:
+        # The teacher's behaviour is the prompt's first word: "ok" answers well.
+        return jline({"id": pid, "prompt": prompt, "image_a": "img/red.png", "image_b": "img/blue.png",
+                      "label": label})
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(
+        BOM + pair("first", "ok a red kite", "A")                              # line 1, after the BOM
+        + b'{"id": "latin1", "prompt": "ok caf\xe9", "image_a": "img/red.png"}\n'  # line 2: not UTF-8
+        + NOT_JSON                                                              # line 3: not JSON
+        + pair("odd", "ok " + SURROGATE_PROMPT, "B")                           # line 4: lone surrogate
+        + pair("last", "ok a blue kite", "B")                                  # line 5
+    )
+    out = tmp_path / "parrot"
+    cfg = resolve_config(overrides={"pairs": str(pairs), "out": str(out)})
+    with ScriptedServer(judge("parrot-teacher")) as server:
+        stats = Parrot(cfg, backend=OpenAIBackend(server.base_url, "teacher", max_retries=0, backoff_base=0.01,
+                                                  backoff_max=0.02)).run(("ingest", "anchor"))
+    assert [r["id"] for r in read_rows(out / "pairs.jsonl")] == ["first", "last"]
+    bad = {b["id"]: b for b in read_rows(out / "bad_pairs.jsonl")}
+    assert set(bad) == {"line-2", "line-3", "odd"}
+    assert bad["line-2"] == {"id": "line-2", "reason": "encoding",
+                             "error": "pairs.jsonl:2: not UTF-8 text (byte 0xe9 at column 35)"}
+    assert bad["line-3"]["reason"] == "json"
+    assert bad["line-3"]["error"].startswith("pairs.jsonl:3: not valid JSON")
+    assert bad["odd"] == {"id": "odd", "reason": "encoding",
+                          "error": "pairs.jsonl:4: text with a lone surrogate (not valid Unicode)"}
+    # Both good pairs went to the teacher and came back anchored.
+    assert {r["id"] for r in read_rows(out / "anchored.jsonl")} == {"first", "last"}
+    assert stats["pairs"]["bad"] == 3
+    assert stats["pairs"]["bad_reasons"] == {"encoding": 2, "json": 1}

@@ -169,20 +169,69 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _escape_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate written as its ``\\udXXX`` escape (valid UTF-8)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_surrogates(v) for v in value]
+    return value
+
+
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    """Rows of a JSONL file; a line that cannot be a row becomes ``{"_bad": reason, "_bad_kind"}``.
+
+    One broken line must not sink 100k good ones: a line that is not UTF-8 (kind ``encoding``),
+    not JSON or not an object (kind ``json``), or holds text with a lone surrogate (kind
+    ``encoding``: valid JSON, but no prompt a teacher or a UTF-8 file can carry) is recorded in
+    ``bad_pairs.jsonl`` with its reason. A UTF-8 BOM before the first line is accepted.
+    """
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # editors on Windows write one; it is not part of the data
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield {"_bad": f"{path.name}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                               f"{exc.start + 1})", "_bad_kind": "encoding", "_line": lineno}
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                # One broken line must not sink 100k good ones: it becomes a bad row.
-                yield {"_bad": f"{path.name}:{lineno}: not valid JSON ({exc.msg})", "_line": lineno}
+                yield {"_bad": f"{path.name}:{lineno}: not valid JSON ({exc.msg})", "_bad_kind": "json", "_line": lineno}
+                continue
+            except RecursionError:
+                yield {"_bad": f"{path.name}:{lineno}: not valid JSON (nested too deeply)", "_bad_kind": "json",
+                       "_line": lineno}
                 continue
             if not isinstance(row, dict):
-                yield {"_bad": f"{path.name}:{lineno}: expected a JSON object", "_line": lineno}
+                yield {"_bad": f"{path.name}:{lineno}: expected a JSON object, got {type(row).__name__}",
+                       "_bad_kind": "json", "_line": lineno}
                 continue
+            if _has_lone_surrogate(row):
+                # Kept with its columns (escaped) so the bad pair is reported under its own id.
+                row = _escape_surrogates(row)
+                row.update(_bad=f"{path.name}:{lineno}: text with a lone surrogate (not valid Unicode)",
+                           _bad_kind="encoding")
             row["_line"] = lineno
             yield row
 
@@ -360,7 +409,7 @@ class ImageStore:
 def normalise_row(row: dict[str, Any], cmap: ColumnMap, store: ImageStore, base: Path, pid: str) -> Pair:
     """One input row -> a :class:`Pair`, storing its images. Raises :class:`PairError`."""
     if row.get("_bad"):
-        raise PairError("json", row["_bad"])
+        raise PairError(str(row.get("_bad_kind") or "json"), row["_bad"])
     prompt = cmap.get(row, "prompt")
     if _is_empty(prompt) or not isinstance(prompt, str):
         raise PairError("prompt", f"missing or non-text prompt (column {cmap.columns.get('prompt')!r})")
