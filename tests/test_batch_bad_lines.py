@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from rationalrewards import RewardModel
+from rationalrewards.backends.base import SamplingParams
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.curate import curate
 from rationalrewards.io import InputFileError
@@ -172,3 +173,87 @@ def test_parrot_records_each_bad_line_in_bad_pairs_and_anchors_the_rest(tmp_path
     assert {r["id"] for r in read_rows(out / "anchored.jsonl")} == {"first", "last"}
     assert stats["pairs"]["bad"] == 3
     assert stats["pairs"]["bad_reasons"] == {"encoding": 2, "json": 1}
+
+
+# -- eval -----------------------------------------------------------------------------------------
+
+
+def pairwise_judge(req) -> str:
+    from rationalrewards.testing.scripted_server import pairwise_text
+
+    q = {"text_faithfulness": 4.0, "image_faithfulness": 4.0, "physical_quality": 4.0, "text_rendering": None}
+    low = {**q, "text_faithfulness": 1.0, "physical_quality": 1.0}
+    return pairwise_text(detect_task(req), q, low)  # A always wins
+
+
+def test_eval_lists_each_bad_line_with_its_reason_and_scores_the_rest(tmp_path):
+    from rationalrewards.eval import evaluate
+
+    (tmp_path / "a.png").write_bytes(png((200, 0, 0)))
+    (tmp_path / "b.png").write_bytes(png((0, 0, 200)))
+
+    def pair(pid: str, prompt: str) -> bytes:
+        return jline({"id": pid, "prompt": prompt, "image_a": "a.png", "image_b": "b.png", "label": "A"})
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(BOM + pair("first", "a red square") + NOT_UTF8 + NOT_JSON + pair("odd", SURROGATE_PROMPT)
+                     + pair("last", "a blue square"))
+    logged: list[str] = []
+    with ScriptedServer(pairwise_judge) as server:
+        rm = judge_model(server)
+        try:
+            report = evaluate(rm, "pairs", data, tmp_path / "run", concurrency=2, report={"bootstrap": 20},
+                              log=logged.append)
+        finally:
+            rm.close()
+    rows = {r["id"]: r for r in read_rows(tmp_path / "run" / "results.jsonl")}
+    # The good pairs were judged (A wins, as labelled); the surrogate prompt is a counted input
+    # failure, saved with its prompt intact.
+    assert rows["first"]["ok"] and rows["last"]["ok"]
+    assert rows["odd"]["ok"] is False and rows["odd"]["error_kind"] == "input"
+    assert rows["odd"]["prompt"] == SURROGATE_PROMPT
+    assert report["n"] == 3 and report["n_failed"] == 1
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    # The unreadable lines have no label to score against: counted and listed with the unknown
+    # labels under line-N, the reason in place of the raw label, and logged.
+    unknown = report["labels"]["unknown"]
+    assert unknown["n"] == 2 and unknown["ids"] == ["line-2", "line-3"]
+    assert f"unreadable line-2: not UTF-8 text (byte 0xe9 at column {LATIN1_COLUMN})" in unknown["values"]
+    assert any(v.startswith("unreadable line-3: not valid JSON") for v in unknown["values"])
+    assert logged[0] == f"skipped unreadable line: {data}:2: not UTF-8 text (byte 0xe9 at column {LATIN1_COLUMN})"
+    assert logged[1].startswith(f"skipped unreadable line: {data}:3: not valid JSON")
+
+
+def test_eval_data_without_one_usable_line_is_an_input_error(tmp_path):
+    from rationalrewards.eval import Evaluation
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(BOM + NOT_UTF8 + NOT_JSON)
+    with pytest.raises(InputFileError):
+        Evaluation("pairs", data, tmp_path / "run")
+
+
+def test_eval_resume_with_other_sampling_or_na_settings_is_refused(tmp_path):
+    from rationalrewards.eval import evaluate
+
+    (tmp_path / "a.png").write_bytes(png((200, 0, 0)))
+    (tmp_path / "b.png").write_bytes(png((0, 0, 200)))
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(jline({"id": "p", "prompt": "a square", "image_a": "a.png", "image_b": "b.png", "label": "A"}))
+    out = tmp_path / "run"
+    with ScriptedServer(pairwise_judge) as server:
+        def run(**rm_options) -> None:
+            rm = RewardModel(OpenAIBackend(server.base_url, "judge", max_retries=0), **rm_options)
+            try:
+                evaluate(rm, "pairs", data, out, concurrency=1, report={"bootstrap": 20})
+            finally:
+                rm.close()
+
+        run(allow_na=["text_rendering"])
+        run(allow_na=["text_rendering"])  # same settings: resumes
+        with pytest.raises(InputFileError, match=r"model\.allow_na: saved \['text_rendering'\], now \[\]"):
+            run(allow_na=[])
+        with pytest.raises(InputFileError, match=r"model\.temperature: saved 0\.1, now 0\.0"):
+            run(allow_na=["text_rendering"], sampling=SamplingParams(temperature=0.0))
+        with pytest.raises(InputFileError, match=r"model\.max_tokens: saved 4096, now 512"):
+            run(allow_na=["text_rendering"], sampling=SamplingParams(max_tokens=512))

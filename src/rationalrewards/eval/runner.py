@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..critique.aggregate import decide_pair
-from ..io import InputFileError, ResumableJsonl, atomic_write_json
+from ..io import InputFileError, ResumableJsonl, atomic_write_json, dumps_line
 from .benchmarks import Benchmark, PairItem, get_benchmark
 from .labels import label_repr
 from .results import CONFIG, RESULTS, RUNS, EvalResults, RunStats, read_results
-from .sources import RowSource, open_source
+from .sources import Row, RowSource, open_source
 
 __all__ = ["CONFIG", "RESULTS", "RUNS", "Evaluation", "RunStats", "evaluate", "read_results", "result_row"]
 
@@ -37,6 +37,8 @@ Mode = Literal["pairwise", "pointwise"]
 # Settings that change what a stored verdict means: a resumed run must use the same ones.
 _PINNED = ("benchmark", "mode", "swap", "tie_tolerance")
 _PINNED_MODEL = ("model", "templates", "aggregation")
+# Compared whenever both runs recorded them: their values may be falsy (temperature 0, no N/A keys).
+_PINNED_MODEL_EXACT = ("allow_na", "temperature", "max_tokens")
 
 
 class Evaluation:
@@ -85,6 +87,7 @@ class Evaluation:
         self.bench.check_columns(self.columns, self.source.description)
         self.items: list[PairItem] = []
         self.n_rows = 0
+        self.bad_lines: list[str] = []
         self._index()
 
     # -- indexing ---------------------------------------------------------------------------------
@@ -98,6 +101,9 @@ class Evaluation:
         origins: dict[str, str] = {}
         for row in self._rows(light=True):
             self.n_rows += 1
+            if row.problem is not None:
+                self._bad_line(row, origins)
+                continue
             for item in self.bench.adapter(row, self.columns, True):
                 if item.id in origins:
                     raise InputFileError(f"{row.origin}: duplicate id {item.id!r} (also at {origins[item.id]}); "
@@ -106,6 +112,24 @@ class Evaluation:
                 self.items.append(item)
         if not self.items:
             raise InputFileError(f"{self.source.description}: no rows to evaluate")
+        if len(self.bad_lines) == len(self.items):
+            more = f" (and {len(self.bad_lines) - 3} more)" if len(self.bad_lines) > 3 else ""
+            raise InputFileError(f"{self.source.description}: no usable line: {'; '.join(self.bad_lines[:3])}{more}")
+
+    def _bad_line(self, row: Row, origins: dict[str, str]) -> None:
+        """A line that could not be read becomes an item of its own, never judged: its label is
+        unknown, so it is counted and listed with the unknown labels (report ``labels.unknown``),
+        the reason standing in for the raw label, and logged."""
+        rid = row.bad_id or f"row-{row.index}"
+        while rid in origins:  # a real id that happens to read "line-N"
+            rid += "~"
+        origins[rid] = row.origin
+        problem = str(row.problem)
+        self.bad_lines.append(problem)
+        self.log(f"skipped unreadable line: {problem}")
+        self.items.append(PairItem(id=rid, task=self.bench.task or "t2i", prompt=None, label=None,
+                                   label_raw=f"unreadable {rid}: {problem.removeprefix(row.origin + ': ')}",
+                                   problem=problem))
 
     @property
     def known(self) -> list[PairItem]:
@@ -119,7 +143,7 @@ class Evaluation:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for it in self.items:
-            h.update(json.dumps([it.id, label_repr(it.label_raw)], ensure_ascii=False).encode())
+            h.update(dumps_line([it.id, label_repr(it.label_raw)]).encode())  # an id may hold a lone surrogate
         return h.hexdigest()[:16]
 
     def settings(self) -> dict[str, Any]:
@@ -142,6 +166,8 @@ class Evaluation:
             saved_model = saved.get("model") or {}
             diffs += [f"model.{k}: saved {saved_model.get(k)!r}, now {model.get(k)!r}" for k in _PINNED_MODEL
                       if saved_model.get(k) and model.get(k) and saved_model.get(k) != model.get(k)]
+            diffs += [f"model.{k}: saved {saved_model[k]!r}, now {model[k]!r}" for k in _PINNED_MODEL_EXACT
+                      if k in saved_model and k in model and saved_model[k] != model[k]]
             if diffs:
                 raise InputFileError(
                     f"{self.out} already holds results made with other settings ({'; '.join(diffs)}). Mixing them "
@@ -190,6 +216,8 @@ class Evaluation:
                     row = await asyncio.to_thread(next, rows, None)
                     if row is None:
                         break
+                    if row.problem is not None:
+                        continue  # indexed as an unknown-label item; nothing to judge
                     for item in self.bench.adapter(row, self.columns, False):
                         if item.id in remaining:
                             remaining.discard(item.id)
@@ -284,7 +312,8 @@ class Evaluation:
 
     def _items_with_images(self) -> Any:
         for row in self._rows(light=False):
-            yield from self.bench.adapter(row, self.columns, False)
+            if row.problem is None:
+                yield from self.bench.adapter(row, self.columns, False)
 
     def snapshot(self) -> EvalResults:
         """The data's index and the saved results as they are now: what a report reads."""
@@ -318,7 +347,7 @@ def _append_json_line(path: Path, obj: dict[str, Any]) -> None:
     import os
 
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        fh.write(dumps_line(obj) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

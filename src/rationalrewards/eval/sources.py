@@ -21,6 +21,7 @@ from typing import Any
 from ..io import InputFileError
 
 _BATCH_ROWS = 32
+_BOM = b"\xef\xbb\xbf"
 _META_JSON = {"dataset_info.json", "state.json", "dataset_dict.json", "dataset_infos.json"}
 _SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
 _DATA_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".json")
@@ -35,6 +36,10 @@ class Row:
     data: dict[str, Any]
     base_dir: str | None
     origin: str
+    # Set for a line that could not be read at all (not UTF-8, not JSON, not an object): ``data``
+    # is empty, ``bad_id`` is the id it is reported under (``line-N``) and this is the reason.
+    problem: str | None = None
+    bad_id: str | None = None
 
 
 class RowSource:
@@ -61,22 +66,40 @@ class JsonRows(RowSource):
         self.description = str(path)
         self._columns: list[str] | None = None
 
-    def _iter(self) -> Iterator[tuple[dict[str, Any], str]]:
+    def _iter(self) -> Iterator[tuple[dict[str, Any], str, str | None, int | None]]:
+        """``(row, origin, problem, line)``; a JSONL line that cannot be a row comes with its
+        problem (and an empty row) so one bad line costs one item, not the run."""
         if self.path.suffix in (".jsonl", ".ndjson"):
-            with self.path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
+            with self.path.open("rb") as fh:
+                for lineno, raw in enumerate(fh, 1):
+                    origin = f"{self.path}:{lineno}"
+                    if lineno == 1 and raw.startswith(_BOM):
+                        raw = raw[len(_BOM):]  # editors on Windows write one; it is not part of the data
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        yield {}, origin, (f"{origin}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                           f"{exc.start + 1})"), lineno
+                        continue
                     if not line.strip():
                         continue
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise InputFileError(f"{self.path}:{lineno}: not valid JSON ({exc.msg})") from None
+                        yield {}, origin, f"{origin}: not valid JSON ({exc.msg})", lineno
+                        continue
+                    except RecursionError:
+                        yield {}, origin, f"{origin}: not valid JSON (nested too deeply)", lineno
+                        continue
                     if not isinstance(row, dict):
-                        raise InputFileError(f"{self.path}:{lineno}: expected a JSON object")
-                    yield row, f"{self.path}:{lineno}"
+                        yield {}, origin, f"{origin}: expected a JSON object, got {type(row).__name__}", lineno
+                        continue
+                    yield row, origin, None, lineno
             return
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = json.loads(self.path.read_text(encoding="utf-8-sig"))  # -sig: a leading BOM is not data
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{self.path}: not UTF-8 text (byte at offset {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise InputFileError(f"{self.path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if isinstance(doc, dict):
@@ -86,21 +109,21 @@ class JsonRows(RowSource):
         for i, row in enumerate(doc):
             if not isinstance(row, dict):
                 raise InputFileError(f"{self.path}: element {i} is not an object")
-            yield row, f"{self.path}[{i}]"
+            yield row, f"{self.path}[{i}]", None, None
 
     @property
     def columns(self) -> list[str]:
         if self._columns is None:
             seen: dict[str, None] = {}
-            for row, _ in self._iter():
+            for row, _, _, _ in self._iter():
                 seen.update(dict.fromkeys(row))
             self._columns = list(seen)
         return self._columns
 
     def rows(self, *, light: bool = False) -> Iterator[Row]:
         base = str(self.path.resolve().parent)
-        for i, (row, origin) in enumerate(self._iter()):
-            yield Row(i, row, base, origin)
+        for i, (row, origin, problem, line) in enumerate(self._iter()):
+            yield Row(i, row, base, origin, problem, f"line-{line}" if problem else None)
 
 
 # -- Arrow-typed sources (Parquet, datasets) -----------------------------------------------------
@@ -195,7 +218,9 @@ class ConcatRows(RowSource):
         i = 0
         for part in self.parts:
             for row in part.rows(light=light):
-                yield Row(i, row.data, row.base_dir, row.origin)
+                # Several files may each have a bad line N: the file name keeps their ids apart.
+                bad_id = f"{Path(part.description).name}:{row.bad_id}" if row.bad_id else None
+                yield Row(i, row.data, row.base_dir, row.origin, row.problem, bad_id)
                 i += 1
 
 
