@@ -257,3 +257,16 @@ def test_eval_resume_with_other_sampling_or_na_settings_is_refused(tmp_path):
             run(allow_na=["text_rendering"], sampling=SamplingParams(temperature=0.0))
         with pytest.raises(InputFileError, match=r"model\.max_tokens: saved 4096, now 512"):
             run(allow_na=["text_rendering"], sampling=SamplingParams(max_tokens=512))
+
+
+def test_curate_csv_prompts_file_with_a_bom_reads_and_one_not_in_utf8_is_refused_by_name(tmp_path):
+    from rationalrewards.curate import open_items
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png((200, 200, 0)))
+    (folder / "prompts.csv").write_bytes(BOM + b"file_name,prompt\na.png,a yellow square\n")
+    assert [(i.id, i.prompt) for i in open_items(folder)] == [("a.png", "a yellow square")]
+    (folder / "prompts.csv").write_bytes(b"file_name,prompt\na.png,caf\xe9\n")
+    with pytest.raises(InputFileError, match=r"prompts\.csv: not UTF-8 text \(byte 0xe9"):
+        open_items(folder)

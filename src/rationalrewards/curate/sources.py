@@ -424,9 +424,15 @@ def read_prompts_file(path: Path, problems: list[LineProblem] | None = None) -> 
     elif suffix in (".jsonl", ".json"):
         rows = [(int(r.pop("_line")), r) for r in read_jsonl(path, problems=found if problems is not None else None)]
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = [(i, dict(r)) for i, r in enumerate(reader, 2)]
+        # utf-8-sig: a BOM would otherwise glue itself to the first column's name. The csv module
+        # reads the stream whole, so a non-UTF-8 byte refuses the file (naming where it is).
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                reader = csv.DictReader(fh)
+                rows = [(i, dict(r)) for i, r in enumerate(reader, 2)]
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                 f"{exc.start}); save it as UTF-8") from None
     else:
         raise InputFileError(f"{path}: prompts file must be .jsonl, .csv or .txt")
     if not rows:
