@@ -270,3 +270,17 @@ def test_curate_csv_prompts_file_with_a_bom_reads_and_one_not_in_utf8_is_refused
     (folder / "prompts.csv").write_bytes(b"file_name,prompt\na.png,caf\xe9\n")
     with pytest.raises(InputFileError, match=r"prompts\.csv: not UTF-8 text \(byte 0xe9"):
         open_items(folder)
+
+
+def test_curate_caption_not_in_utf8_rejects_that_image_only(tmp_path):
+    from rationalrewards.curate import open_items
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.png").write_bytes(png((200, 200, 0)))
+    (folder / "a.txt").write_bytes(BOM + b"a yellow square\n")
+    (folder / "b.txt").write_bytes(b"caf\xe9\n")
+    items = {i.id: i for i in open_items(folder)}
+    assert items["a.png"].prompt == "a yellow square" and items["a.png"].problem is None
+    assert items["b.png"].problem == f"{folder / 'b.txt'}: not UTF-8 text (byte 0xe9 at offset 3)"

@@ -487,11 +487,18 @@ class ImageFolderItems(ItemSource):
         # Lines of the prompts file that name no usable image become rejected items of their own.
         self.problems: list[LineProblem] = []
         self._problem_ids: list[str] = []
+        self.caption_problems: dict[str, str] = {}
         if prompts is not None:
             self.mapping = read_prompts_file(prompts, self.problems)
         elif images and all((self.root / n).with_suffix(".txt").is_file() for n in images):
-            self.mapping = {n: {"prompt": (self.root / n).with_suffix(".txt").read_text(encoding="utf-8").strip()}
-                            for n in images}
+            self.mapping = {}
+            for n in images:
+                caption = (self.root / n).with_suffix(".txt")
+                try:
+                    self.mapping[n] = {"prompt": caption.read_text(encoding="utf-8-sig").strip()}
+                except UnicodeDecodeError as exc:  # this image is rejected with the reason, not the run
+                    self.caption_problems[n] = (f"{caption}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                                f"at offset {exc.start})")
         else:
             raise InputFileError(
                 f"{path}: an image folder needs a prompts file (--prompts FILE, or one of "
@@ -518,7 +525,9 @@ class ImageFolderItems(ItemSource):
             entry = dict(self.mapping.get(name, {}))
             entry.pop("id", None)
             item = _make_item(rid, {**entry, "image": name}, Columns(), self.root, name, self.dropped_columns)
-            if name not in self.mapping:
+            if name in self.caption_problems:
+                item.problem = self.caption_problems[name]
+            elif name not in self.mapping:
                 item.problem = f"{name}: no prompt for this image in {self.prompts_file or 'its .txt caption'}"
             yield item
         for rid, problem in zip(self._problem_ids, self.problems, strict=True):
