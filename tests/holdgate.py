@@ -63,3 +63,18 @@ def wait_for_lines(path: Any, n: int, timeout: float = 60.0) -> int:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} has {count} lines after {timeout} s; expected {n}")
         time.sleep(0.02)
+
+
+def saved_ok_rows(path: Any) -> int:
+    """Complete, successful result rows in a JSONL output (a line torn by a kill does not count)."""
+    import json
+
+    count = 0
+    for line in path.read_bytes().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("ok"):
+            count += 1
+    return count

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from holdgate import HoldAfter, wait_for_lines
+from holdgate import HoldAfter, saved_ok_rows, wait_for_lines
 from rationalrewards.testing.scripted_server import Reply, ScriptedServer, critique_text, judge_responder
 
 EXE = str(Path(sys.executable).parent / "rationalrewards")
@@ -149,15 +149,17 @@ def test_batch_resume_after_kill_loses_and_duplicates_nothing(tmp_path, images):
         gate.release()
         partial = len(out.read_text().splitlines())
         assert 8 <= partial <= 10
+        saved = saved_ok_rows(out)
+        before = server.chat_request_count
         again = run("critique", "--input", str(requests), "--output", str(out), "--base-url", server.base_url,
                     "--model", "m", "--concurrency", "8")
         assert again.returncode == 0, again.stderr
-        asked = server.chat_request_count
+        asked = server.chat_request_count - before
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"item-{i}" for i in range(n)]
     assert all(r["ok"] for r in rows)
-    # Work finished before the kill was not redone (at most the few in flight were lost).
-    assert asked <= n + 2
+    # The rerun asks exactly for what was not saved: nothing finished is redone, nothing is lost.
+    assert asked == n - saved
 
 
 def test_compare_batch(tmp_path, images):

@@ -414,11 +414,14 @@ def test_an_image_folder_without_prompts_is_a_clear_error(tmp_path):
         open_items(tmp_path)
 
 
-def test_duplicate_ids_are_refused_before_anything_runs(data, tmp_path):
-    path = write_items(data, [{"id": "x", "prompt": "p", "image": "img/red.png"},
+def test_a_repeated_jsonl_id_is_rejected_and_the_first_row_curated(data, tmp_path):
+    path = write_items(data, [{"id": "x", "prompt": "a red square", "image": "img/red.png"},
                               {"id": "x", "prompt": "q", "image": "img/red.png"}])
-    with pytest.raises(InputFileError, match="duplicate id 'x'"):
-        curate(path, tmp_path / "out")
+    with ScriptedServer(colour_judge) as server:
+        curate(path, tmp_path / "out", reward_model=judge_model(server))
+    (dup,) = read(tmp_path / "out" / "rejected.jsonl")
+    assert dup["id"] == "line-2"
+    assert dup["reason"] == f"critique failed (input): {path}:2: duplicate id 'x' (first on line 1)"
 
 
 # -- command line -------------------------------------------------------------------------------------

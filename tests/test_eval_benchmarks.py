@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from holdgate import HoldAfter, wait_for_lines
+from holdgate import HoldAfter, saved_ok_rows, wait_for_lines
 from rationalrewards import RewardModel
 from rationalrewards.backends.openai_http import OpenAIBackend
 from rationalrewards.eval import Evaluation, compare_reports, evaluate
@@ -430,13 +430,15 @@ def test_cli_eval_resumes_after_a_kill_and_compare_prints_runs_side_by_side(tmp_
         gate.release()
         partial = len(results.read_text().splitlines())
         assert 6 <= partial <= 8
+        saved = saved_ok_rows(results)
+        before = server.chat_request_count
         again = cli(*args, "--concurrency", "8", "--json")
         assert again.returncode == 0, again.stderr
-        asked = server.chat_request_count
+        asked = server.chat_request_count - before
     report = json.loads(again.stdout)
     rows = [json.loads(x) for x in results.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"p{i}" for i in range(n)]
-    assert asked <= n + 2  # finished work was not redone
+    assert asked == n - saved  # the rerun asks exactly what was not saved: nothing redone, nothing lost
     assert report["n"] == n and report["accuracy"] == pytest.approx(0.5)
     assert len((out / "runs.jsonl").read_text().splitlines()) == 1  # the killed run never finished
 

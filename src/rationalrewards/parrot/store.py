@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..io import dumps_line
+
 IsDone = Callable[[dict[str, Any]], bool]
 
 
@@ -119,7 +121,7 @@ class RowLog:
 
     # -- writing ----------------------------------------------------------------------------------
     def append(self, row: dict[str, Any]) -> None:
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        data = (dumps_line(row) + "\n").encode("utf-8")
         offset = self._fh.tell()
         self._fh.write(data)
         self._fh.flush()
@@ -182,7 +184,7 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(dumps_line(row) + "\n")
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())
