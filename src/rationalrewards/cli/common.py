@@ -95,16 +95,6 @@ def parse_aggregation_spec(spec: str) -> Any:
     return parse_aggregation(spec)
 
 
-def check_aggregation(value: Any) -> Any:
-    if value is None:
-        return value
-    try:
-        parse_aggregation_spec(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
-
-
 def parse_allow_na(spec: str) -> tuple[str, ...]:
     """``--allow-na``: comma-separated dimension keys, ``all`` or ``none`` -> the keys (sorted);
     ValueError naming an unknown key."""
@@ -113,14 +103,24 @@ def parse_allow_na(spec: str) -> tuple[str, ...]:
     return tuple(sorted(resolve_allow_na(spec)))
 
 
-def check_allow_na(value: Any) -> Any:
-    if value is None:
+def _checked_by(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An option callback that runs ``parse`` while options are read, so a bad value is a usage
+    error (exit 2, naming the option) before any work; the value itself is passed on unchanged."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
         return value
-    try:
-        parse_allow_na(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
+
+    return check
+
+
+check_aggregation = _checked_by(parse_aggregation_spec)
+check_allow_na = _checked_by(parse_allow_na)
 
 
 DEVICE_PATTERN = r"auto|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?"
