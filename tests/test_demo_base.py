@@ -16,6 +16,7 @@ from rationalrewards.demo.base_data import (
     caption,
     differences,
     mismatches,
+    perturb,
 )
 from rationalrewards.demo.pipeline import DemoConfig, make_pairs
 from rationalrewards.demo.world import Obj, Scene, find_defects, sample_task
@@ -33,8 +34,15 @@ def test_the_stream_is_deterministic_and_covers_every_task():
     assert all(x.id.startswith(f"{STREAM}-3-train-") for x in a)
 
 
-def test_answers_describe_the_scenes_and_carry_no_preference_or_score():
-    for ex in base_examples(400, seed=0):
+#: The stream settings of the first shipped recipe and of the current one (request before the
+#: images, one-attribute hard negatives, a mix weighted toward matching and edits).
+STREAMS = [{}, {"text_first": True, "hard_negatives": 0.5,
+                "weights": {"caption": 0.1, "qa": 0.15, "match": 0.4, "diff": 0.1, "edit": 0.25}}]
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=["plain", "text-first-hard-negatives"])
+def test_answers_describe_the_scenes_and_carry_no_preference_or_score(stream):
+    for ex in base_examples(400, seed=0, **stream):
         assert len(ex.scenes) == (2 if ex.kind in ("diff", "edit") else 1)
         # Nothing of a judgement: no scores, winners or the critique headers.
         for banned in ("Score", "Winner", "better", "Justification", "Final verdict"):
@@ -48,6 +56,33 @@ def test_answers_describe_the_scenes_and_carry_no_preference_or_score():
 
             intent = parse_request(ex.meta["request"])
             assert (ex.answer == "Yes.") == (not find_defects(intent, ex.scenes[0]))
+        if ex.kind in ("match", "edit") and stream.get("text_first"):
+            # the request comes before the images, as in the judge's prompts
+            assert ex.prefix == f"User Instruction: {ex.meta['request']}\n" and ex.meta["request"] not in ex.question
+
+
+def test_a_hard_negative_changes_one_thing_that_the_answer_then_names():
+    rng = random.Random(5)
+    from rationalrewards.demo.generator import draw_scene
+
+    for i in range(300):
+        task = sample_task(rng, f"t{i}", edit_rate=0.0)
+        _intent, scene = draw_scene(task.prompt, seed=i)
+        changed = perturb(scene, random.Random(i))
+        assert changed != scene
+        # one object recoloured / resized / dropped / added, or the word: at most two slot lines
+        # (a move empties one slot and fills another)
+        assert 1 <= len(differences(scene, changed)) <= 2
+    mixed = base_examples(600, seed=0, hard_negatives=0.5)
+    plain = base_examples(600, seed=0)
+    hard = [i for i, ex in enumerate(mixed) if ex.meta.get("hard_negative")]
+    assert hard and all(mixed[i].kind in ("match", "edit") for i in hard)
+    assert 0.3 < len(hard) / sum(ex.kind in ("match", "edit") for ex in mixed) < 0.7
+    # the rest of the stream does not move: hard negatives draw from their own random stream
+    assert all(mixed[i].to_json() == plain[i].to_json() for i in range(600) if i not in set(hard))
+    assert sum(mixed[i].answer.startswith("No") for i in hard) >= 0.9 * len(hard)
+    with pytest.raises(ValueError, match="task weights"):
+        base_examples(3, weights={"caption": 1.0, "chat": 1.0})
 
 
 def test_mismatches_and_differences_name_what_is_wrong_concretely():
@@ -67,7 +102,8 @@ def test_mismatches_and_differences_name_what_is_wrong_concretely():
     assert caption(before).startswith("Left: a small red circle. Middle: nothing. Right: nothing. Word: SUN.")
 
 
-def test_the_pretraining_data_is_not_the_preference_pairs(tmp_path):
+@pytest.mark.parametrize("stream", STREAMS, ids=["plain", "text-first-hard-negatives"])
+def test_the_pretraining_data_is_not_the_preference_pairs(tmp_path, stream):
     # Different seed namespaces: the base stream never replays the pairs' random draws.
     pair_rng, base_rng = random.Random("demo-pairs:0:train"), random.Random(f"{STREAM}:0:train")
     assert [pair_rng.random() for _ in range(8)] != [base_rng.random() for _ in range(8)]
@@ -76,7 +112,7 @@ def test_the_pretraining_data_is_not_the_preference_pairs(tmp_path):
     truth = [json.loads(line) for split in ("train", "heldout")
              for line in (tmp_path / split / "truth.jsonl").read_text().splitlines()]
     pair_items = {(t["prompt"], json.dumps(t[k], sort_keys=True)) for t in truth for k in ("scene_a", "scene_b")}
-    examples = base_examples(3000, seed=0)
+    examples = base_examples(3000, seed=0, **stream)
     same = [ex for ex in examples if (ex.meta["request"], _scene_key(ex.scenes[-1])) in pair_items]
     # The world is small (a few thousand distinct scenes), so a request and image can coincide by
     # chance; that happens for well under 1% of examples and none of them carries a label: no
@@ -119,6 +155,9 @@ def test_the_recipe_runs_on_a_tiny_budget_resumes_and_is_hashed(tmp_path):
     assert stats["data"]["stream"] == f"{STREAM}:{recipe.seed}"
     assert set(stats["heldout_accuracy"]) == {*TASKS, "all"}
     assert stats["history"][-1]["step"] == recipe.steps
+    # held-out accuracy per task along the way (every eval_every steps) and at the end
+    assert [p["step"] for p in stats["heldout_curve"]] == [2, 3]
+    assert stats["heldout_curve"][-1]["heldout_accuracy"] == stats["heldout_accuracy"]
     sums = verify_base(folder)
     assert len(sums["model.safetensors"]) == 64
     with pytest.raises(BaseModelError, match="another recipe"):

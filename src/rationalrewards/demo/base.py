@@ -32,12 +32,12 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json
-from .base_data import TASKS, BaseExample, base_corpus, base_examples
+from .base_data import TASK_WEIGHTS, TASKS, BaseExample, base_corpus, base_examples
 from .world import render
 
 #: Where the shipped base lives (package data).
@@ -74,6 +74,19 @@ class BaseRecipe:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     save_every: int = 250
+    #: The task mix of the stream (see :mod:`.base_data`), the request before the images for
+    #: ``match`` / ``edit``, and the share of those with a one-attribute hard negative.
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
+    text_first: bool = False
+    hard_negatives: float = 0.0
+    #: Evaluate the held-out set every this many steps (0: only before and after); the curve lands
+    #: in ``base_stats.json`` under ``heldout_curve``.
+    eval_every: int = 0
+
+    def stream(self, n: int, split: str) -> list[BaseExample]:
+        """``n`` examples of this recipe's stream, split ``split``."""
+        return base_examples(n, seed=self.seed, split=split, weights=self.task_weights, text_first=self.text_first,
+                             hard_negatives=self.hard_negatives)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,11 +100,21 @@ class BaseRecipe:
         return cls(**data)
 
     @classmethod
+    def first(cls, **overrides: Any) -> BaseRecipe:
+        """The first shipped recipe (3,000 steps on 12,000 examples of the plain mix: images before
+        the text, no hard negatives), kept so that its numbers in ``docs/demo.md`` can be rebuilt."""
+        base: dict[str, Any] = {"train_examples": 12000, "heldout_per_task": 30, "steps": 3000, "warmup_steps": 100,
+                                "save_every": 250, "task_weights": dict(TASK_WEIGHTS), "text_first": False,
+                                "hard_negatives": 0.0, "eval_every": 0}
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
     def tiny(cls, **overrides: Any) -> BaseRecipe:
         """A budget that only checks the recipe runs (tests)."""
         base: dict[str, Any] = {"hidden_size": 64, "num_layers": 1, "vocab_size": 600, "vision_pretrain_steps": 2,
                                 "vision_pretrain_images": 64, "train_examples": 40, "heldout_per_task": 2,
-                                "steps": 3, "batch_size": 4, "warmup_steps": 1, "save_every": 2}
+                                "steps": 3, "batch_size": 4, "warmup_steps": 1, "save_every": 2, "eval_every": 2}
         base.update(overrides)
         return cls(**base)
 
@@ -102,7 +125,8 @@ class BaseRecipe:
 
 
 def _messages(ex: BaseExample, with_answer: bool) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in ex.scenes]
+    content: list[dict[str, Any]] = [{"type": "text", "text": ex.prefix}] if ex.prefix else []
+    content += [{"type": "image"} for _ in ex.scenes]
     content.append({"type": "text", "text": ex.question})
     msgs: list[dict[str, Any]] = [{"role": "user", "content": content}]
     if with_answer:
@@ -130,8 +154,10 @@ class Encoder:
     def prompt_text(self, ex: BaseExample) -> str:
         return self.processor.apply_chat_template(_messages(ex, False), tokenize=False, add_generation_prompt=True)
 
-    def encode(self, ex: BaseExample) -> dict[str, Any]:
-        """input ids, labels (-100 outside the answer) and the images' patches of one example."""
+    def encode(self, ex: BaseExample, *, pixels: bool = True) -> dict[str, Any]:
+        """input ids, labels (-100 outside the answer) and the images' patches of one example.
+        ``pixels=False`` keeps the scenes instead, rendered when the example is collated (the same
+        values; a long run's stream would not fit in memory as patches)."""
         import torch
 
         prompt = self._expand(self.prompt_text(ex))
@@ -141,6 +167,8 @@ class Encoder:
         p_ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
         ids = self.tok(full, add_special_tokens=False)["input_ids"]
         labels = [-100] * len(p_ids) + ids[len(p_ids):]
+        if not pixels:
+            return {"ids": torch.tensor(ids), "labels": torch.tensor(labels), "scenes": list(ex.scenes)}
         pv = self.processor.image_processor(images=[render(s, self.image_size) for s in ex.scenes],
                                             return_tensors="pt")
         return {"ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pv["pixel_values"],
@@ -158,9 +186,15 @@ class Encoder:
             ids[i, :k], labels[i, :k], mask[i, :k] = it["ids"], it["labels"], 1
         # Qwen3-VL's multimodal RoPE needs to know which tokens are image tokens (1) and which text (0).
         mm = (ids == self.image_pad_id).long()
+        if all("scenes" in it for it in items):
+            pv = self.processor.image_processor(
+                images=[render(s, self.image_size) for it in items for s in it["scenes"]], return_tensors="pt")
+            pixel_values, grid = pv["pixel_values"], pv["image_grid_thw"]
+        else:
+            pixel_values = torch.cat([it["pixel_values"] for it in items])
+            grid = torch.cat([it["grid"] for it in items])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm,
-                "pixel_values": torch.cat([it["pixel_values"] for it in items]),
-                "image_grid_thw": torch.cat([it["grid"] for it in items])}
+                "pixel_values": pixel_values, "image_grid_thw": grid}
 
 
 def _empty_scene() -> Any:
@@ -268,10 +302,10 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
     model = AutoModelForImageTextToText.from_pretrained(work, dtype=torch.float32)
     enc = Encoder(processor, r.image_size)
     torch.manual_seed(r.seed)
-    train = base_examples(r.train_examples, seed=r.seed, split="train")
+    train = r.stream(r.train_examples, "train")
     heldout = _heldout(r)
     say(f"base: encoding {len(train)} training examples")
-    items = [enc.encode(ex) for ex in train]
+    items = [enc.encode(ex, pixels=False) for ex in train]
     tokens = sum(len(it["ids"]) for it in items)
 
     vis_params = list(model.model.visual.parameters())
@@ -289,15 +323,17 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     ckpt = folder / _CKPT
-    start, history = 0, []
+    start, history, curve = 0, [], []
     before = None
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, before = int(state["step"]), list(state["history"]), state.get("before")
+        curve = list(state.get("curve") or [])
         say(f"base: resumed at step {start}")
     if before is None:
+        say(f"base: held-out accuracy before training ({len(heldout)} examples)")
         before = task_accuracy(heldout, generate_answers(model, enc, heldout))
     order = random.Random(f"demo-base-order:{r.seed}")
     batches_done = 0
@@ -332,6 +368,12 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
         opt.step()
         running += float(loss.detach())
         batches_done += 1
+        if r.eval_every and (step + 1) % r.eval_every == 0 and step + 1 < r.steps:
+            acc = task_accuracy(heldout, generate_answers(model, enc, heldout))
+            model.train()
+            curve.append({"step": step + 1, "heldout_accuracy": acc})
+            say(f"base: step {step + 1} held-out " + ", ".join(
+                f"{k} {v['exact']}" + (f" (yes/no {v['yes_no']})" if "yes_no" in v else "") for k, v in acc.items()))
         if (step + 1) % r.save_every == 0 or step + 1 == r.steps:
             history.append({"step": step + 1, "loss": round(running / batches_done, 4),
                             "seconds": round(time.perf_counter() - t_train, 1)})
@@ -339,7 +381,7 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
             say(f"base: step {step + 1}/{r.steps}, loss {history[-1]['loss']}")
             tmp_ckpt = ckpt.with_name(ckpt.name + ".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                        "history": history, "before": before}, tmp_ckpt)
+                        "history": history, "before": before, "curve": curve}, tmp_ckpt)
             os.replace(tmp_ckpt, ckpt)
     train_seconds = time.perf_counter() - t_train
     after = task_accuracy(heldout, generate_answers(model, enc, heldout))
@@ -356,6 +398,7 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
         "vision_pretraining": (vision_stats.get("pretraining") or {}).get("heldout_accuracy"),
         "heldout_accuracy_before": before,
         "heldout_accuracy": after,
+        "heldout_curve": [*curve, {"step": r.steps, "heldout_accuracy": after}],
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "examples_per_second": round((r.steps - start) * r.batch_size / max(train_seconds, 1e-9), 1),
@@ -372,7 +415,10 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
 
 def _heldout(r: BaseRecipe) -> list[BaseExample]:
     """``heldout_per_task`` examples of each kind from the held-out split of the stream."""
-    pool = base_examples(r.heldout_per_task * len(TASKS) * 6, seed=r.seed, split="heldout")
+    # Large enough that the rarest kind of the mix has its share; the stream is prefix-stable, so a
+    # larger pool picks the same examples as a smaller one that already had enough.
+    share = min(w for w in r.task_weights.values() if w > 0) / sum(r.task_weights.values())
+    pool = r.stream(int(r.heldout_per_task * max(6, 3 / share)) + 1, "heldout")
     out: list[BaseExample] = []
     for kind in TASKS:
         out += [ex for ex in pool if ex.kind == kind][:r.heldout_per_task]

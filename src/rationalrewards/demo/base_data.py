@@ -13,6 +13,15 @@ so that the base model the demo ships (:mod:`.base`) has that knowledge before P
 * ``diff``     - what differs between two images (an edit's source and a result);
 * ``edit``     - was an edit instruction carried out on the first image, and nothing else changed?
 
+Two settings of the stream serve the judge the base later becomes (both off in the first shipped
+recipe, on in the current one, see :class:`.base.BaseRecipe`): ``text_first`` puts the request of
+``match`` and ``edit`` *before* the images (``User Instruction: ...``), the order of the judge's
+prompts, so that the image tokens can be read in the light of the request; ``hard_negatives`` is
+the share of ``match`` / ``edit`` examples whose image gets one further concrete change (an object
+recoloured, resized, moved, dropped or added, the word misspelt), so that most answers hinge on a
+single attribute that has to be looked up in the image - the contrastive "hard negative" of
+image-text matching pretraining.
+
 No preference, no critique, no score and no preference pair is involved: every answer is a
 description of the scenes. Pure standard library (the renderer comes from :mod:`.world`).
 """
@@ -20,11 +29,24 @@ description of the scenes. Pure standard library (the renderer comes from :mod:`
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .generator import draw_scene
-from .world import ARTEFACTS, POSITIONS, SHAPES, Intent, Obj, Scene, Want, pair_objects, sample_task
+from .world import (
+    ARTEFACTS,
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    WORDS,
+    Intent,
+    Obj,
+    Scene,
+    Want,
+    pair_objects,
+    sample_task,
+)
 
 #: The task kinds, in the order their held-out accuracies are reported.
 TASKS: tuple[str, ...] = ("caption", "qa", "match", "diff", "edit")
@@ -40,7 +62,8 @@ _COUNT = {0: "none", 1: "one", 2: "two", 3: "three"}
 
 @dataclass
 class BaseExample:
-    """One pretraining example: images (scenes, rendered when used), a question, its answer."""
+    """One pretraining example: images (scenes, rendered when used), a question, its answer.
+    ``prefix`` is text shown before the images (empty: the images come first)."""
 
     id: str
     kind: str
@@ -48,10 +71,11 @@ class BaseExample:
     question: str
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "scenes": [s.to_json() for s in self.scenes],
-                "question": self.question, "answer": self.answer, "meta": self.meta}
+                "prefix": self.prefix, "question": self.question, "answer": self.answer, "meta": self.meta}
 
 
 def obj_phrase(o: Obj) -> str:
@@ -165,17 +189,65 @@ def _qa(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     return q, "Yes." if art in scene.artefacts else "No.", kind
 
 
-def base_examples(n: int, *, seed: int = 0, split: str = "train", edit_rate: float = 0.3) -> list[BaseExample]:
+def perturb(scene: Scene, rng: random.Random) -> Scene:
+    """``scene`` with one concrete change: an object recoloured, resized, moved to a free slot,
+    dropped or added, or the word misspelt (one letter) or replaced; a scene with nothing to change
+    gets an object. Used for hard negatives of ``match`` and ``edit``."""
+    objs = list(scene.objects)
+    free = [p for p in POSITIONS if scene.at(p) is None]
+    options = ["add"] if free else []
+    if objs:
+        options += ["colour", "colour", "size", "drop"] + (["move"] if free else [])
+    if scene.text:
+        options += ["word"]
+    if not options:
+        return scene
+    what = rng.choice(options)
+    if what == "add":
+        o = Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), rng.choice(free))
+        return replace(scene, objects=tuple(sorted([*objs, o], key=lambda x: POSITIONS.index(x.position))))
+    if what == "word":
+        text = scene.text or ""
+        if rng.random() < 0.5:
+            k = rng.randrange(len(text))
+            letters = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c != text[k]]
+            return replace(scene, text=text[:k] + rng.choice(letters) + text[k + 1:])
+        return replace(scene, text=rng.choice([w for w in WORDS if w != text]))
+    k = rng.randrange(len(objs))
+    o = objs[k]
+    if what == "drop":
+        del objs[k]
+    elif what == "colour":
+        objs[k] = replace(o, color=rng.choice([c for c in COLORS if c != o.color]))
+    elif what == "size":
+        objs[k] = replace(o, size=next(s for s in SIZES if s != o.size))
+    else:
+        objs[k] = replace(o, position=rng.choice(free))
+    return replace(scene, objects=tuple(sorted(objs, key=lambda x: POSITIONS.index(x.position))))
+
+
+def base_examples(n: int, *, seed: int = 0, split: str = "train", edit_rate: float = 0.3,
+                  weights: dict[str, float] | None = None, text_first: bool = False,
+                  hard_negatives: float = 0.0) -> list[BaseExample]:
     """``n`` pretraining examples of the stream ``demo-base:SEED:SPLIT`` (deterministic).
 
     Scenes are what the world's generator draws for random requests of the world (with its
-    mistakes, so that matches and mismatches both occur) and the sources of edits.
+    mistakes, so that matches and mismatches both occur) and the sources of edits. ``weights``
+    (default :data:`TASK_WEIGHTS`) is the task mix; ``text_first`` and ``hard_negatives`` are
+    described in the module docstring. Hard negatives draw from their own random stream, so the
+    rest of the stream is the same with and without them.
     """
     rng = random.Random(f"{STREAM}:{seed}:{split}")
-    kinds, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    mix = dict(TASK_WEIGHTS if weights is None else weights)
+    unknown = sorted(set(mix) - set(TASKS))
+    if unknown or not any(v > 0 for v in mix.values()) or any(v < 0 for v in mix.values()):
+        raise ValueError(f"task weights must be >= 0 over {', '.join(TASKS)} with one > 0; got {mix}")
+    if not 0.0 <= hard_negatives <= 1.0:
+        raise ValueError(f"hard_negatives must be in [0, 1], got {hard_negatives}")
+    kinds, kind_weights = list(mix), list(mix.values())
     out: list[BaseExample] = []
     for i in range(n):
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(kinds, kind_weights)[0]
         want_edit = kind in ("diff", "edit")
         while True:
             task = sample_task(rng, f"{STREAM}-{split}-{i}", edit_rate=1.0 if want_edit else edit_rate * 0.5,
@@ -192,13 +264,24 @@ def base_examples(n: int, *, seed: int = 0, split: str = "train", edit_rate: flo
             q, a, qtype = _qa(scene, rng)
             out.append(BaseExample(ex_id, kind, [scene], q, a, {**meta, "question_type": qtype}))
         elif kind == "match":
+            if hard_negatives and random.Random(f"{STREAM}:{seed}:{split}:neg:{i}").random() < hard_negatives:
+                scene = perturb(scene, random.Random(f"{STREAM}:{seed}:{split}:perturb:{i}"))
+                meta["hard_negative"] = True
             bad = mismatches(intent, scene)
             answer = "No: " + _join(bad) + "." if bad else "Yes."
-            out.append(BaseExample(ex_id, kind, [scene], f"Text: {task.prompt}\nDoes the image match the text?",
-                                   answer, meta))
+            if text_first:
+                out.append(BaseExample(ex_id, kind, [scene], "Does the image follow the instruction?", answer, meta,
+                                       prefix=f"User Instruction: {task.prompt}\n"))
+            else:
+                out.append(BaseExample(ex_id, kind, [scene], f"Text: {task.prompt}\nDoes the image match the text?",
+                                       answer, meta))
         else:
             src = task.intent.source
             assert src is not None
+            if (kind == "edit" and hard_negatives
+                    and random.Random(f"{STREAM}:{seed}:{split}:neg:{i}").random() < hard_negatives):
+                scene = perturb(scene, random.Random(f"{STREAM}:{seed}:{split}:perturb:{i}"))
+                meta["hard_negative"] = True
             if kind == "diff":
                 diff = differences(src, scene)
                 answer = "Changes: " + _join(diff) + "." if diff else "Nothing changed."
@@ -208,9 +291,14 @@ def base_examples(n: int, *, seed: int = 0, split: str = "train", edit_rate: flo
                 want = intent.edit.apply(src) if intent.edit is not None else src
                 diff = differences(want, scene)
                 answer = "Yes." if not diff else "No: compared with what was asked, " + _join(diff) + "."
-                out.append(BaseExample(ex_id, kind, [src, scene],
-                                       f"Instruction: {task.prompt}\nWas the instruction carried out on the first "
-                                       "image exactly, giving the second?", answer, meta))
+                if text_first:
+                    out.append(BaseExample(ex_id, kind, [src, scene], "Was the instruction carried out on the first "
+                                           "image exactly, giving the second?", answer, meta,
+                                           prefix=f"User Instruction: {task.prompt}\n"))
+                else:
+                    out.append(BaseExample(ex_id, kind, [src, scene],
+                                           f"Instruction: {task.prompt}\nWas the instruction carried out on the "
+                                           "first image exactly, giving the second?", answer, meta))
     return out
 
 

@@ -742,7 +742,7 @@ class DemoRun(RunFolder):
         return {"base_kind": cfg.base, "base_sha256": sums.get("model.safetensors"),
                 "model": {"hidden_size": text.get("hidden_size"), "num_layers": text.get("num_hidden_layers"),
                           "vocab_size": text.get("vocab_size"), "parameters": stats.get("parameters")},
-                "base_pretraining": _pick(stats, ("data", "heldout_accuracy_before", "heldout_accuracy",
+                "base_pretraining": _pick(stats, ("data", "heldout_accuracy_before", "heldout_accuracy", "heldout_curve",
                                                   "vision_pretraining", "train_seconds", "examples_per_second")),
                 "vision_pretraining": None}
 
