@@ -248,12 +248,14 @@ def _folder_digest(folder: Path) -> str:
     return f"{folder.name}@{h.hexdigest()[:16]}"
 
 
-def make_reward_model(opts: dict[str, Any]) -> Any:
+def make_reward_model(opts: dict[str, Any], executor: Any = None) -> Any:
+    """The judge of a command: a ``RewardModel`` here, or on Ray actors for ``--executor ray``
+    (an :class:`~rationalrewards.executors.ExecutorOptions`)."""
     from ..backends import BackendError
-    from ..critique.model import RewardModel
+    from ..executors import reward_model
 
     try:
-        return RewardModel.from_options(**opts)
+        return reward_model(opts, executor)
     except (ValueError, OSError) as exc:  # a bad setting, or a --cache / --templates path that cannot be used
         fail(str(exc), EXIT_INPUT)
     except BackendError as exc:
@@ -411,3 +413,62 @@ def backend_command(
         return wrapper
 
     return deco
+
+
+# -- where batch judging runs (--executor) ------------------------------------------------------
+_EXECUTOR_PANEL = "Executor"
+_EXECUTOR_FIELDS: tuple[tuple[str, Any, Any, str, str, Any], ...] = (
+    ("executor", str, "local", "executor",
+     "Where the judging runs: local (this process) or ray (Ray actors, one judge each; extra [ray]).",
+     check_choice("local|ray", "local, ray")),
+    ("ray_address", str | None, None, "ray-address",
+     "Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: $RAY_ADDRESS, else a local instance.",
+     None),
+    ("ray_workers", int | None, None, "ray-workers",
+     "Ray actors (judges) to start; default: as many as the cluster's CPUs (GPUs with --ray-num-gpus).",
+     check_number(1)),
+    ("ray_num_gpus", float, 0.0, "ray-num-gpus",
+     "GPUs per Ray actor, for an in-process --model on GPU nodes (0 for judges behind --base-url).",
+     check_number(0)),
+)
+
+
+def executor_command(fn: Any) -> Any:
+    """Decorator: add ``--executor``, ``--ray-address``, ``--ray-workers`` and ``--ray-num-gpus``
+    to a batch command, which receives them as ``executor`` (an
+    :class:`~rationalrewards.executors.ExecutorOptions`). ``--executor ray`` without Ray
+    installed stops here (exit 2, naming the extra) before any input is read."""
+    import functools
+    import importlib.util
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True)
+    if "executor" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} must declare an 'executor' parameter for executor_command")
+    kept = [p for p in sig.parameters.values() if p.name != "executor"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=Annotated[ann, typer.Option(f"--{flag}", help=help_text, callback=check,
+                                                                      rich_help_panel=_EXECUTOR_PANEL)])
+             for name, ann, default, flag, help_text, check in _EXECUTOR_FIELDS]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p
+              for p in kept] + added
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..executors import ExecutorOptions
+
+        values = {name: kwargs.pop(name) for name, *_ in _EXECUTOR_FIELDS}
+        try:
+            executor = ExecutorOptions(kind=values["executor"], address=values["ray_address"],
+                                       workers=values["ray_workers"], num_gpus=values["ray_num_gpus"])
+        except ValueError as exc:
+            fail(str(exc), EXIT_INPUT)
+        if executor.kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ModuleNotFoundError("No module named 'ray'", name="ray")
+        kwargs["executor"] = executor
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must see the new signature, not the original
+    return wrapper

@@ -22,6 +22,7 @@ from .common import (
     check_number,
     emit_json,
     err_console,
+    executor_command,
     exit_code_for,
     fail,
     make_reward_model,
@@ -273,6 +274,7 @@ def _check_prompt(prompt: str) -> None:
 
 
 @backend_command()
+@executor_command
 def critique(
     prompt: Annotated[str | None, typer.Option("--prompt", help="The generation request / edit instruction.")] = None,
     image: Annotated[Path | None, typer.Option("--image", help="The generated or edited image.")] = None,
@@ -284,6 +286,7 @@ def critique(
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop before the refinement tail.")] = False,
     json_out: JsonOpt = False,
     backend: dict[str, Any] | None = None,
+    executor: Any = None,
 ) -> None:
     """Critique one image (t2i) or one edit (with --source), or a JSONL batch."""
     if input is None and (prompt is None or image is None):
@@ -295,12 +298,12 @@ def critique(
         assert output is not None
         settings = {"command": "critique", **settings_fingerprint(backend), "scores_only": scores_only}
         rows, problems = _prepare_batch("critique", input, output, settings, overwrite)
-        rm = make_reward_model(backend)
+        rm = make_reward_model(backend, executor)
         raise typer.Exit(_batch("critique", input, output, rm, backend["concurrency"], json_out, strict,
                                 rows, problems, scores_only=scores_only))
     assert prompt is not None and image is not None
     _check_prompt(prompt)
-    rm = make_reward_model(backend)
+    rm = make_reward_model(backend, executor)
     try:
         res = rm.critique(prompt, str(image), [str(s) for s in source] if source else None, scores_only=scores_only)
     finally:
@@ -313,6 +316,7 @@ def critique(
 
 
 @backend_command()
+@executor_command
 def compare(
     prompt: Annotated[str | None, typer.Option("--prompt", help="The generation request / edit instruction.")] = None,
     image_a: Annotated[Path | None, typer.Option("--image-a", help="First image (A).")] = None,
@@ -328,6 +332,7 @@ def compare(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     backend: dict[str, Any] | None = None,
+    executor: Any = None,
 ) -> None:
     """Compare two images (or two edits of --source), or a JSONL batch of pairs."""
     if input is None and (prompt is None or image_a is None or image_b is None):
@@ -340,12 +345,12 @@ def compare(
         assert output is not None
         settings = {"command": "compare", **settings_fingerprint(backend), **kwargs}
         rows, problems = _prepare_batch("compare", input, output, settings, overwrite)
-        rm = make_reward_model(backend)
+        rm = make_reward_model(backend, executor)
         raise typer.Exit(_batch("compare", input, output, rm, backend["concurrency"], json_out, strict,
                                 rows, problems, **kwargs))
     assert prompt is not None and image_a is not None and image_b is not None
     _check_prompt(prompt)
-    rm = make_reward_model(backend)
+    rm = make_reward_model(backend, executor)
     try:
         res = rm.compare(prompt, str(image_a), str(image_b), [str(s) for s in source] if source else None, **kwargs)
     finally:

@@ -228,24 +228,9 @@ class RewardModel:
         An option that nothing takes raises ``ValueError`` naming it (a silently dropped setting
         is worse than an error). ``None`` means "the default" for every option.
         """
-        opts = {k: v for k, v in options.items() if v is not None}
-        sampling = opts.pop("sampling", None) or SamplingParams()
-        if not isinstance(sampling, SamplingParams):
-            raise ValueError(f"sampling must be a SamplingParams, not {type(sampling).__name__}")
-        overrides = {k: opts.pop(k) for k in _SAMPLING_OPTIONS if k in opts}
-        if overrides:
-            sampling = sampling.replace(**overrides)
-        model_kwargs: dict[str, Any] = {k: opts.pop(k) for k in _MODEL_OPTIONS if k in opts}
-        if "concurrency" in opts:
-            model_kwargs["concurrency"] = opts["concurrency"]  # also stays in opts: the backend's limit
-        max_pixels = opts.get("max_pixels") or DEFAULT_MAX_PIXELS
-        accepted = inspect.signature(backend_from_options).parameters
-        unknown = sorted(k for k in opts if k not in accepted)
-        if unknown:
-            raise ValueError(f"unknown option(s) for RewardModel.from_options: {', '.join(unknown)}")
-        _check_settings(model_kwargs)  # before the backend is built: a bad one costs no model load
-        backend = backend_from_options(**opts)
-        return cls(backend, sampling=sampling, max_pixels=max_pixels, **model_kwargs)
+        backend_opts, model_kwargs = split_options(options)
+        backend = backend_from_options(**backend_opts)
+        return cls(backend, **model_kwargs)
 
     # -- helpers ------------------------------------------------------------------------------
     def run_sync(self, coro: Awaitable[T]) -> T:
@@ -525,6 +510,30 @@ def _input_error(exc: BaseException) -> str:
     # The message may quote the bad input (a path with a lone surrogate); escape what UTF-8
     # cannot carry so the result itself can always be written as JSON.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:meth:`RewardModel.from_options`'s options -> ``(backend options, RewardModel keywords)``,
+    validated (ValueError naming an unknown option or a bad setting) before anything is built.
+    Executors that build the model elsewhere (a Ray actor) check the options here first."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    sampling = opts.pop("sampling", None) or SamplingParams()
+    if not isinstance(sampling, SamplingParams):
+        raise ValueError(f"sampling must be a SamplingParams, not {type(sampling).__name__}")
+    overrides = {k: opts.pop(k) for k in _SAMPLING_OPTIONS if k in opts}
+    if overrides:
+        sampling = sampling.replace(**overrides)
+    model_kwargs: dict[str, Any] = {k: opts.pop(k) for k in _MODEL_OPTIONS if k in opts}
+    if "concurrency" in opts:
+        model_kwargs["concurrency"] = opts["concurrency"]  # also stays in opts: the backend's limit
+    accepted = inspect.signature(backend_from_options).parameters
+    unknown = sorted(k for k in opts if k not in accepted)
+    if unknown:
+        raise ValueError(f"unknown option(s) for RewardModel.from_options: {', '.join(unknown)}")
+    _check_settings(model_kwargs)  # before the backend is built: a bad one costs no model load
+    model_kwargs["sampling"] = sampling
+    model_kwargs["max_pixels"] = opts.get("max_pixels") or DEFAULT_MAX_PIXELS
+    return opts, model_kwargs
 
 
 def _check_settings(kwargs: dict[str, Any]) -> None:

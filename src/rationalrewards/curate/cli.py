@@ -17,6 +17,7 @@ from ..cli.common import (
     check_number,
     emit_json,
     err_console,
+    executor_command,
     fail,
     make_reward_model,
     out_console,
@@ -25,6 +26,7 @@ from ..cli.common import (
 
 
 @backend_command(required=False)
+@executor_command
 def curate_command(
     input: Annotated[Path, typer.Option("--input", help="JSONL ({id, prompt, image, source?}), Parquet, a `datasets` "
                                         "folder, a Parquet folder, or a folder of images.")],
@@ -45,6 +47,7 @@ def curate_command(
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Stop critiques before the refinement tail.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any critique failed.")] = False,
     backend: dict[str, Any] | None = None,
+    executor: Any = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Critique a dataset and split it into kept / rejected sets with the reason for each item.
@@ -66,7 +69,7 @@ def curate_command(
     rm: Any = None
     concurrency = backend["concurrency"] if backend else 16
     if backend is not None:
-        rm = make_reward_model(backend)
+        rm = make_reward_model(backend, executor)
     err_console.print(f"{total} items from {input} -> {out}", markup=False, highlight=False)
     with progress_bar("curate", total) as advance:
         try:

@@ -19,6 +19,7 @@ from ..cli.common import (
     check_number,
     emit_json,
     err_console,
+    executor_command,
     fail,
     make_reward_model,
     out_console,
@@ -29,6 +30,7 @@ BENCHMARK_NAMES = "genai-bench-t2i, genai-bench-edit, mmrb2-t2i, mmrb2-edit, edi
 
 
 @backend_command(required=False, defaults={"concurrency": 32})
+@executor_command
 def run(
     ctx: typer.Context,
     benchmark: Annotated[str | None, typer.Option("--benchmark", help=f"One of: {BENCHMARK_NAMES}.")] = None,
@@ -54,6 +56,7 @@ def run(
         "--exclude-failed", help="Also show accuracies without failed items (a view; the headline always counts them).")] = False,
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html with every mismatch.")] = True,
     backend: dict[str, Any] | None = None,
+    executor: Any = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a reward model on a preference benchmark (resumable; see `eval compare`)."""
@@ -77,7 +80,7 @@ def run(
         fail("choose a backend: --base-url URL (with --model NAME) or --model PATH_OR_HF_ID", EXIT_INPUT)
     assert backend is not None
     concurrency = backend["concurrency"]
-    rm = make_reward_model(backend)
+    rm = make_reward_model(backend, executor)
     pending = ev.pending()
     err_console.print(
         f"{ev.bench.name}: {len(ev.known)} pairs from {ev.n_rows} rows ({len(ev.unknown)} unknown labels), "

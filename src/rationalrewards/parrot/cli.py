@@ -6,6 +6,7 @@ Every option defaults to "not given" so that the precedence defaults < DIR/confi
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from ..cli.common import (
     check_number,
     emit_json,
     err_console,
+    executor_command,
     fail,
     looks_like_missing_path,
     out_console,
@@ -132,7 +134,8 @@ def _run_phases(phases: tuple[str, ...], o: dict[str, Any]) -> None:
         if not cfg.out:
             fail("give the run folder: --out DIR (or `out:` in the config file)", EXIT_INPUT)
         check_input(cfg)
-        parrot = Parrot(cfg, progress=_progress, log=lambda m: err_console.print(m, markup=False, highlight=False))
+        parrot = Parrot(cfg, progress=_progress, log=lambda m: err_console.print(m, markup=False, highlight=False),
+                        executor=o.get("executor"))
         stats = parrot.run(phases)
     except (ConfigError, InputFileError, ParrotError, ValueError, FileNotFoundError) as exc:
         fail(str(exc), EXIT_INPUT)
@@ -195,10 +198,19 @@ def _phase_command(phases: tuple[str, ...], doc: str) -> Any:
         price_input: PriceInOpt = None,
         price_output: PriceOutOpt = None,
         json_out: JsonOpt = False,
+        executor: Any = None,
     ) -> None:
         _run_phases(phases, dict(locals()))
 
     command.__doc__ = doc
+    # The phases that call the teacher can run those calls on Ray actors; the others do not
+    # show the executor options at all.
+    if {"anchor", "filter"} & set(phases):
+        return executor_command(command)
+    sig = inspect.signature(command, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.name != "executor"]
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
     return command
 
 

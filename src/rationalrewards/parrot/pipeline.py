@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -39,7 +38,7 @@ from ..backends import Backend, SamplingParams
 from ..critique.aggregate import flip, get_aggregation
 from ..critique.parser import parse_comparison, parse_critique, parse_final_verdict
 from ..critique.prompts import resolve_templates
-from ..images import PreparedImage
+from ..executors import LOCAL, ExecutorOptions
 from ..io import InputFileError, atomic_write_json
 from .checks import REASONS, LeakDetector, pairwise_consistency, pointwise_consistency
 from .config import SAVED_CONFIG, ParrotConfig, changed_settings, load_saved
@@ -54,6 +53,7 @@ from .prompts import (
     repredict_messages,
     swap_letters,
 )
+from .remote import StoredMessages, StoredTeacher, generate_stored
 from .store import RowLog, iter_jsonl, write_jsonl_atomic
 
 Advance = Callable[[int], None]
@@ -153,10 +153,15 @@ class Parrot:
         progress: ``progress(description, total)`` -> context manager yielding ``advance(n)``.
         log: receives one-line human messages (the CLI prints them on stderr).
         hook: ``hook(phase, rows_written)`` after every row written (tests inject crashes here).
+        executor: where teacher calls run (:class:`~rationalrewards.executors.ExecutorOptions`):
+            here (default), or on Ray actors that each build the teacher from ``cfg.teacher``
+            and read the stored images from the run folder themselves (``--executor ray``). The
+            files written are the same either way.
     """
 
     def __init__(self, cfg: ParrotConfig, *, backend: Backend | None = None, progress: ProgressFactory | None = None,
-                 log: Callable[[str], None] | None = None, hook: Hook | None = None):
+                 log: Callable[[str], None] | None = None, hook: Hook | None = None,
+                 executor: ExecutorOptions | None = None):
         if not cfg.out:
             raise ParrotError("no output folder: pass --out DIR")
         self.cfg = cfg
@@ -177,7 +182,9 @@ class Parrot:
             self.judge.system_pointwise, self.teacher_templates.anchor_pairwise, self.teacher_templates.anchor_pointwise,
             self.teacher_templates.repredict, self.teacher_templates.phrases,
         ])
-        self._images: OrderedDict[str, PreparedImage] = OrderedDict()
+        self.images = StoredMessages(self.store)
+        self.executor = executor or LOCAL
+        self._pool: Any = None
         self._written = 0
         self.timing: dict[str, Any] = {}
 
@@ -216,65 +223,66 @@ class Parrot:
         if self._backend is None:
             from ..backends import backend_from_options
 
-            t = self.cfg.teacher
-            if not t.base_url and not t.model:
-                raise ParrotError("no teacher configured: pass --teacher-base-url URL --teacher-model NAME "
-                                  "(or set teacher.base_url in the config)")
-            self._backend = backend_from_options(
-                base_url=list(t.base_url) or None, model=t.model, api_key=t.api_key, cache=t.cache,
-                concurrency=t.concurrency, timeout=t.timeout, max_retries=t.max_retries, device=t.device,
-                dtype=t.dtype, batch_size=t.batch_size, max_pixels=t.max_pixels,
-            )
+            self._backend = backend_from_options(**self.teacher_options())
         return self._backend
+
+    def teacher_options(self, concurrency: int | None = None) -> dict[str, Any]:
+        """``cfg.teacher`` as :func:`~rationalrewards.backends.backend_from_options` keywords."""
+        t = self.cfg.teacher
+        if not t.base_url and not t.model:
+            raise ParrotError("no teacher configured: pass --teacher-base-url URL --teacher-model NAME "
+                              "(or set teacher.base_url in the config)")
+        return dict(base_url=list(t.base_url) or None, model=t.model, api_key=t.api_key, cache=t.cache,
+                    concurrency=concurrency or t.concurrency, timeout=t.timeout, max_retries=t.max_retries,
+                    device=t.device, dtype=t.dtype, batch_size=t.batch_size, max_pixels=t.max_pixels)
+
+    def _remote(self) -> Any:
+        """The Ray actors of ``--executor ray``, started on first need."""
+        if self._pool is None:
+            from ..executors.ray_executor import RayPool
+
+            total = self.cfg.teacher.concurrency
+            self._pool = RayPool(
+                StoredTeacher, (str(self.out), self.cfg.teacher.max_pixels), executor=self.executor,
+                per_worker=lambda n: {"backend_options": self.teacher_options(max(1, -(-total // n)))})
+        return self._pool
+
+    async def _generate(self, job: _Job) -> Any:
+        if self.executor.is_local:
+            return await generate_stored(self.images, self.backend(), job.build(), job.params)
+        from ..backends import Generation
+        from ..executors.ray_executor import worker_lost
+
+        try:
+            return await self._remote().call("agenerate_stored", job.build(), job.params)
+        except Exception as exc:
+            lost = worker_lost(exc)
+            if lost is None:
+                raise
+            return Generation(text=None, error=lost)
 
     async def aclose(self) -> None:
         # Closes this event loop's HTTP clients (also of an injected backend: they belong to a
         # loop that ends with the run).
         if self._backend is not None:
             await self._backend.aclose()
-
-    def _image(self, rel: str) -> PreparedImage:
-        img = self._images.get(rel)
-        if img is None:
-            img = self.store.open(rel)
-            self._images[rel] = img
-            if len(self._images) > 128:
-                self._images.popitem(last=False)
-        else:
-            self._images.move_to_end(rel)
-        return img
-
-    def _materialize(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Messages built with stored image paths -> messages holding PreparedImage objects."""
-        out = []
-        for msg in messages:
-            content = msg["content"]
-            if isinstance(content, str):
-                out.append(msg)
-                continue
-            parts = [{"type": "image", "image": self._image(p["image"])} if p["type"] == "image" else p for p in content]
-            out.append({"role": msg["role"], "content": parts})
-        return out
+        if self._pool is not None:
+            await self._pool.aclose("aclose")
+            self._pool = None
 
     async def _run_jobs(self, jobs: list[_Job], desc: str, handle: Callable[[_Job, Any], None]) -> None:
         """Send jobs to the teacher with bounded concurrency; ``handle(job, generation)`` writes."""
         if not jobs:
             return
-        backend = self.backend()
+        if self.executor.is_local:
+            self.backend()  # a missing teacher is an error before the progress bar starts
         it = iter(jobs)
 
         with self.progress(desc, len(jobs)) as advance:
 
             async def worker() -> None:
                 for job in it:
-                    try:
-                        messages = self._materialize(job.build())
-                    except OSError as exc:
-                        from ..backends import Generation
-
-                        gen = Generation(text=None, error=f"stored image unreadable: {exc}")
-                    else:
-                        gen = await backend.agenerate(messages, job.params)
+                    gen = await self._generate(job)
                     handle(job, gen)
                     advance(1)
 
