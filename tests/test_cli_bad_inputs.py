@@ -342,7 +342,14 @@ def light_env(tmp_path: Path) -> dict[str, str]:
     (("parrot", "train", "--data", "DIR", "--model", "org/student", "--out", "DIR/ckpt"), "local"),
     (("rl", "train", "-c", "RL_CONFIG", "--output-dir", "DIR/rl", "--max-steps", "1"), "local"),
     (("ui", "--demo"), "ui"),
-], ids=["critique_in_process", "serve", "parrot_train", "rl_train", "ui"])
+    (("critique", "--input", "DIR/in.jsonl", "--output", "DIR/out.jsonl", "--base-url", "http://127.0.0.1:9/v1",
+      "--model", "judge", "--executor", "ray"), "ray"),
+    (("eval", "--benchmark", "pairs", "--data", "DIR/in.jsonl", "--out", "DIR/ev", "--base-url",
+      "http://127.0.0.1:9/v1", "--model", "judge", "--executor", "ray"), "ray"),
+    (("parrot", "anchor", "--pairs", "DIR/in.jsonl", "--out", "DIR/pr", "--teacher-base-url",
+      "http://127.0.0.1:9/v1", "--teacher-model", "t", "--executor", "ray"), "ray"),
+], ids=["critique_in_process", "serve", "parrot_train", "rl_train", "ui", "critique_on_ray", "eval_on_ray",
+        "parrot_on_ray"])
 def test_missing_extra_names_it_and_exits_2(args, extra, light_env, folder: Path):
     rl_config = Path(__file__).resolve().parent.parent / "examples" / "rl_tiny_smoke.yaml"
     args = tuple(a.replace("IMG", str(folder / "img.png")).replace("DIR", str(folder))
