@@ -26,7 +26,7 @@ from typing import Any
 from ..backends.base import Backend, BackendError, Generation, SamplingParams
 from ..critique.model import RewardModel, split_options
 from ..critique.schema import CompareResult, CritiqueResult, failed_compare, failed_critique
-from . import ExecutorOptions
+from .options import ExecutorOptions
 
 # How long actors may take to be placed and built before the run gives up with the reason
 # (a GPU actor on a cluster without GPUs would otherwise wait forever).
