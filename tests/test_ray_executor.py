@@ -331,3 +331,24 @@ def test_gpu_workers_on_a_cluster_without_gpus_fail_with_the_reason(data, ray_ad
                                       "--ray-num-gpus", "1"])
     assert result.exit_code == 4
     assert "the Ray cluster has 0 GPUs" in result.output
+
+
+def test_a_judge_that_cannot_be_built_on_a_worker_is_an_error_naming_why(ray_address, tmp_path):
+    from rationalrewards.backends.base import BackendError
+
+    missing = tmp_path / "no-such-templates"
+    with pytest.raises(BackendError, match="could not build its judge: .*no template folder"):
+        reward_model({"base_url": ["http://127.0.0.1:9/v1"], "model": "judge", "templates": str(missing)},
+                     ExecutorOptions("ray", address=ray_address, workers=2))
+
+
+def test_without_an_address_the_command_starts_and_stops_its_own_ray_instance(data, tmp_path):
+    out = tmp_path / "own.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with ScriptedServer(judge("pixel")) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "rationalrewards.cli.main", "critique", "--input", str(data / "items.jsonl"),
+             "--output", str(out), "--base-url", server.base_url, "--model", "judge", "--executor", "ray",
+             "--ray-workers", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(rows(out)) == 9 and all(r["ok"] for r in rows(out))
