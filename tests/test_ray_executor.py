@@ -352,3 +352,21 @@ def test_without_an_address_the_command_starts_and_stops_its_own_ray_instance(da
              "--ray-workers", "2"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(rows(out)) == 9 and all(r["ok"] for r in rows(out))
+
+
+def test_an_in_process_judge_runs_inside_the_ray_worker(data, ray_address, tmp_path):
+    """`--model FOLDER` without a URL: each actor loads the checkpoint with transformers (on a GPU
+    node with --ray-num-gpus; here the tiny random Qwen3-VL on CPU) and writes what a local run writes."""
+    from rationalrewards.testing import build_tiny_qwen3vl_cached
+
+    model = build_tiny_qwen3vl_cached()
+    common = ["--model", str(model), "--device", "cpu", "--dtype", "float32", "--max-tokens", "8",
+              "--temperature", "0"]
+    for name, flags in (("local", []), ("ray", ["--executor", "ray", "--ray-address", ray_address,
+                                                "--ray-workers", "1"])):
+        result = CliRunner().invoke(app, ["critique", "--input", str(data / "items.jsonl"), "--output",
+                                          str(tmp_path / f"{name}.jsonl"), *common, *flags])
+        assert result.exit_code == 0, result.output
+    local = rows(tmp_path / "local.jsonl")
+    assert len(local) == 9 and all(r["raw"] for r in local)  # a random model: text, but no critique
+    assert_same(rows(tmp_path / "ray.jsonl"), local)
