@@ -337,7 +337,7 @@ def test_a_judge_that_cannot_be_built_on_a_worker_is_an_error_naming_why(ray_add
     from rationalrewards.backends.base import BackendError
 
     missing = tmp_path / "no-such-templates"
-    with pytest.raises(BackendError, match="could not build its judge: .*no template folder"):
+    with pytest.raises(BackendError, match=r"could not build its judge: .*no template folder"):
         reward_model({"base_url": ["http://127.0.0.1:9/v1"], "model": "judge", "templates": str(missing)},
                      ExecutorOptions("ray", address=ray_address, workers=2))
 
