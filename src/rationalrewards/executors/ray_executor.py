@@ -82,8 +82,10 @@ class _Holder:
 
 class RayPool:
     """Ray actors that each hold ``factory(*args, **kwargs)``; :meth:`call` runs a method on the
-    least busy one (or the one a ``shard`` key maps to, so items that share a file meet the
-    same reader)."""
+    actor with the fewest calls in flight.
+
+    ``per_worker(n)`` gives extra keyword arguments once the number of actors ``n`` is known
+    (each judge's share of the concurrency)."""
 
     def __init__(self, factory: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
                  *, executor: ExecutorOptions, per_worker: Callable[[int], dict[str, Any]] | None = None):
@@ -133,13 +135,10 @@ class RayPool:
             # The judge could not be built on a worker (a model folder missing on that node, ...).
             raise BackendError(f"a Ray worker could not build its judge: {_cause(exc)}") from None
 
-    def _pick(self, shard: Any) -> int:
-        if shard is not None:
-            return hash(shard) % self.size
-        return min(range(self.size), key=self.load.__getitem__)
-
-    async def call(self, method: str, *args: Any, shard: Any = None, **kwargs: Any) -> Any:
-        i = self._pick(shard)
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``await obj.<method>(*args, **kwargs)`` on the least busy actor (``method`` may be
+        dotted: ``backend.agenerate``)."""
+        i = min(range(self.size), key=self.load.__getitem__)
         self.load[i] += 1
         try:
             return await self.actors[i].call.remote(method, args, kwargs)
