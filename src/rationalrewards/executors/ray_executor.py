@@ -51,8 +51,8 @@ def connect(address: str | None) -> bool:
                               "configure_logging": False}
     if address:
         kwargs["address"] = address
-    elif not os.environ.get("RAY_ADDRESS"):
-        kwargs["_node_ip_address"] = "127.0.0.1"  # a local instance listens on loopback only
+    # A new local instance binds where Ray decides: Ray 2.60 listens on every interface even when
+    # asked for 127.0.0.1, guarded by its token authentication (docs/scale.md, "Limits").
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
