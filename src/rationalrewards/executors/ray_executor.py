@@ -148,10 +148,11 @@ class RayPool:
     async def broadcast(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return list(await asyncio.gather(*(a.call.remote(method, args, kwargs) for a in self.actors)))
 
-    def worker_pids(self) -> list[int]:
-        """The current process id of each actor (tests kill one to see Ray replace it)."""
+    def worker_pids(self, timeout: float = 120.0) -> list[int]:
+        """The current process id of each actor (tests kill one to see Ray replace it); waits
+        while an actor is being restarted, at most ``timeout`` seconds (then GetTimeoutError)."""
         ray = _ray()
-        return list(ray.get([a.pid.remote() for a in self.actors]))
+        return list(ray.get([a.pid.remote() for a in self.actors], timeout=timeout))
 
     async def aclose(self, method: str | None = None) -> None:
         """Let each judge close its clients (``method``), then end the actors and, when this pool
