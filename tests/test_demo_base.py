@@ -209,5 +209,8 @@ def test_the_shipped_base_is_intact_and_learnt_its_tasks():
     stats = json.loads((folder / STATS_FILE).read_text())
     after, before = stats["heldout_accuracy"], stats["heldout_accuracy_before"]
     assert after["all"]["exact"] > before["all"]["exact"] + 0.3
-    assert after["caption"]["exact"] >= 0.8 and after["match"]["yes_no"] >= 0.7
+    assert after["caption"]["exact"] >= 0.7 and after["qa"]["exact"] >= 0.8
+    # the skills the judge needs most, which the recipe's mix leans toward (first base: 0.37 / 0.20 / 0.20)
+    assert after["match"]["exact"] >= 0.45 and after["edit"]["exact"] >= 0.5 and after["diff"]["exact"] >= 0.5
+    assert after["match"]["yes_no"] >= 0.85 and after["edit"]["yes_no"] >= 0.85
     assert (folder / "model.safetensors").stat().st_size < 50_000_000

@@ -40,6 +40,8 @@ from ..io import atomic_write_json
 from .base_data import TASK_WEIGHTS, TASKS, BaseExample, base_corpus, base_examples
 from .world import render
 
+#: The task mix of the current recipe (the first one used :data:`.base_data.TASK_WEIGHTS`).
+JUDGE_MIX: dict[str, float] = {"caption": 0.1, "qa": 0.15, "match": 0.4, "diff": 0.1, "edit": 0.25}
 #: Where the shipped base lives (package data).
 SHIPPED_BASE = Path(__file__).resolve().parent / "base"
 RECIPE_FILE = "recipe.json"
@@ -65,23 +67,25 @@ class BaseRecipe:
     image_size: int = 96
     vision_pretrain_steps: int = 500
     vision_pretrain_images: int = 3000
-    train_examples: int = 12000
-    heldout_per_task: int = 30
-    steps: int = 3000
+    train_examples: int = 48000
+    heldout_per_task: int = 60
+    steps: int = 8000
     batch_size: int = 16
     learning_rate: float = 1.5e-3
     vision_lr_scale: float = 0.2
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     weight_decay: float = 0.0
-    save_every: int = 250
+    save_every: int = 500
     #: The task mix of the stream (see :mod:`.base_data`), the request before the images for
-    #: ``match`` / ``edit``, and the share of those with a one-attribute hard negative.
-    task_weights: dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
-    text_first: bool = False
-    hard_negatives: float = 0.0
+    #: ``match`` / ``edit``, and the share of those with a one-attribute hard negative. The mix
+    #: leans toward what the judge needs and the first base learnt least (matching a request to
+    #: an image, checking an edit): docs/demo.md.
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(JUDGE_MIX))
+    text_first: bool = True
+    hard_negatives: float = 0.5
     #: Evaluate the held-out set every this many steps (0: only before and after); the curve lands
     #: in ``base_stats.json`` under ``heldout_curve``.
-    eval_every: int = 0
+    eval_every: int = 2000
 
     def stream(self, n: int, split: str) -> list[BaseExample]:
         """``n`` examples of this recipe's stream, split ``split``."""

@@ -38,7 +38,7 @@ def demo(
         "--threads", min=1, help="torch threads (default: every core, or one when the machine is already busy).")] = None,
     rebuild_base: Annotated[bool, typer.Option(
         "--rebuild-base", help="Pretrain the base student afresh (shipped recipe, this --seed) instead of starting from "
-        "the shipped weights (about 40 minutes on two cores).")] = False,
+        "the shipped weights (about an hour on two cores).")] = False,
     base: Annotated[str | None, typer.Option(
         "--base", help="What SFT starts from: shipped, rebuild, scratch (the language model from random weights), or "
         "a folder written by `demo pretrain-base`.")] = None,
