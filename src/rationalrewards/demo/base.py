@@ -38,6 +38,7 @@ from typing import Any
 
 from ..io import atomic_write_json
 from .base_data import TASK_WEIGHTS, TASKS, BaseExample, base_corpus, base_examples
+from .sft import shuffled_batches
 from .world import render
 
 #: The task mix of the current recipe (the first one used :data:`.base_data.TASK_WEIGHTS`).
@@ -339,32 +340,18 @@ def pretrain_base(out: str | Path, recipe: BaseRecipe | None = None, *, log: Log
     if before is None:
         say(f"base: held-out accuracy before training ({len(heldout)} examples)")
         before = task_accuracy(heldout, generate_answers(model, enc, heldout))
-    order = random.Random(f"demo-base-order:{r.seed}")
+    batches = shuffled_batches(len(items), r.batch_size, random.Random(f"demo-base-order:{r.seed}"))
     batches_done = 0
-    seq = list(range(len(items)))
-    order.shuffle(seq)
-    pos = 0
-
-    def next_batch() -> list[int]:
-        nonlocal pos, seq
-        if pos + r.batch_size > len(seq):
-            seq = list(range(len(items)))
-            order.shuffle(seq)
-            pos = 0
-        idx = seq[pos:pos + r.batch_size]
-        pos += r.batch_size
-        return idx
-
     # The data order is a pure function of the seed: replay it up to the resumed step.
     for _ in range(start):
-        next_batch()
+        next(batches)
     model.train()
     t_train = time.perf_counter()
     running = 0.0
     for step in range(start, r.steps):
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * lr_factor(step)
-        batch = enc.collate([items[i] for i in next_batch()])
+        batch = enc.collate([items[i] for i in next(batches)])
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,13 +26,28 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 Log = Callable[[str], None]
 _STATE = "training_state.pt"
+
+
+def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of indices into ``n`` examples: each epoch a fresh shuffle by ``rng``, a
+    tail shorter than ``batch_size`` skipped. A pure function of the seed, so a resumed run
+    replays it up to its step (the base pretraining and the lean SFT both train this way)."""
+    order: list[int] = []
+    pos = 0
+    while True:
+        if pos + batch_size > len(order):
+            order = list(range(n))
+            rng.shuffle(order)
+            pos = 0
+        yield order[pos:pos + batch_size]
+        pos += batch_size
 
 
 @dataclass
@@ -165,21 +180,9 @@ def lean_sft(cfg: LeanSFTConfig, *, log: Log | None = None) -> dict[str, Any]:
         start = int(last.name.rsplit("-", 1)[1])
         resumed = str(last)
         say(f"resuming from {last}")
-    rng = random.Random(f"demo-sft:{cfg.seed}")
-    order: list[int] = []
-    pos = 0
-
-    def next_batch() -> list[int]:
-        nonlocal order, pos
-        if pos + cfg.batch_size > len(order):
-            order = list(range(len(encoded)))
-            rng.shuffle(order)
-            pos = 0
-        pos += cfg.batch_size
-        return order[pos - cfg.batch_size:pos]
-
+    batches = shuffled_batches(len(encoded), cfg.batch_size, random.Random(f"demo-sft:{cfg.seed}"))
     for _ in range(start):  # the data order is a function of the seed: replay it on resume
-        next_batch()
+        next(batches)
     torch.manual_seed(cfg.seed + start)
     model.train()
     say(f"training on {len(encoded)} examples (lean loop, full fine-tune, vision frozen and cached)")
@@ -188,7 +191,7 @@ def lean_sft(cfg: LeanSFTConfig, *, log: Log | None = None) -> dict[str, Any]:
     for step in range(start, cfg.max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        batch = [encoded[i] for i in next_batch()]
+        batch = [encoded[i] for i in next(batches)]
         n = max(len(ids) for ids, _, _ in batch)
         input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), n), -100, dtype=torch.long)
