@@ -20,6 +20,16 @@ CONFIG = "config.json"
 RUNS = "runs.jsonl"
 
 
+def known_items(items: list[PairItem]) -> list[PairItem]:
+    """The items with a recognised label: the ones judged and scored."""
+    return [i for i in items if i.label is not None]
+
+
+def unknown_items(items: list[PairItem]) -> list[PairItem]:
+    """The items whose label was not understood (and unreadable lines): counted, never judged."""
+    return [i for i in items if i.label is None]
+
+
 @dataclass
 class RunStats:
     """What one invocation did (throughput is measured over the judged items only)."""
@@ -75,8 +85,8 @@ class EvalResults:
     @property
     def known(self) -> list[PairItem]:
         """Items with a recognised label (the ones judged and scored)."""
-        return [i for i in self.items if i.label is not None]
+        return known_items(self.items)
 
     @property
     def unknown(self) -> list[PairItem]:
-        return [i for i in self.items if i.label is None]
+        return unknown_items(self.items)

@@ -28,7 +28,7 @@ from ..critique.aggregate import decide_pair
 from ..io import InputFileError, ResumableJsonl, atomic_write_json, dumps_line
 from .benchmarks import Benchmark, PairItem, get_benchmark
 from .labels import label_repr
-from .results import CONFIG, RESULTS, RUNS, EvalResults, RunStats, read_results
+from .results import CONFIG, RESULTS, RUNS, EvalResults, RunStats, known_items, read_results, unknown_items
 from .sources import Row, RowSource, open_source
 
 __all__ = ["CONFIG", "RESULTS", "RUNS", "Evaluation", "RunStats", "evaluate", "read_results", "result_row"]
@@ -134,11 +134,11 @@ class Evaluation:
     @property
     def known(self) -> list[PairItem]:
         """Items with a recognised label (the ones judged and scored)."""
-        return [i for i in self.items if i.label is not None]
+        return known_items(self.items)
 
     @property
     def unknown(self) -> list[PairItem]:
-        return [i for i in self.items if i.label is None]
+        return unknown_items(self.items)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
