@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 EXECUTORS = ("local", "ray")
 
@@ -45,12 +44,6 @@ class ExecutorOptions:
     @property
     def is_local(self) -> bool:
         return self.kind == "local"
-
-    def describe(self) -> dict[str, Any]:
-        if self.is_local:
-            return {"executor": "local"}
-        return {"executor": "ray", "address": self.address, "workers": self.workers,
-                "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
 LOCAL = ExecutorOptions()

@@ -93,6 +93,7 @@ class RayPool:
         self.executor = executor
         self._closed = False
         self._connected_here = connect(executor.address)
+        self.actors: list[Any] = []
         try:
             n = executor.workers or self.default_workers(executor)
             self.size = n
@@ -103,8 +104,11 @@ class RayPool:
             )
             self.actors = [actor.remote(factory, args, {**(kwargs or {}), **extra}) for _ in range(n)]
             self.load = [0] * n
-            self.pids = self._wait_placed()
+            self._wait_placed()
         except BaseException:
+            # Actors that did start would otherwise live on in a cluster this process only joined.
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
             self._disconnect()
             raise
 
@@ -119,7 +123,7 @@ class RayPool:
         cpus = res.get("CPU", 1.0)
         return max(1, int(cpus // executor.num_cpus) if executor.num_cpus else int(cpus))
 
-    def _wait_placed(self) -> list[int]:
+    def _wait_placed(self) -> None:
         ray = _ray()
         refs = [a.pid.remote() for a in self.actors]
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
@@ -130,7 +134,7 @@ class RayPool:
                 f"(each asks {self.executor.num_cpus:g} CPU, {self.executor.num_gpus:g} GPU; the cluster has "
                 f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU): lower --ray-workers or the per-worker needs")
         try:
-            return list(ray.get(refs))
+            ray.get(refs)
         except ray.exceptions.RayActorError as exc:
             # The judge could not be built on a worker (a model folder missing on that node, ...).
             raise BackendError(f"a Ray worker could not build its judge: {_cause(exc)}") from None
