@@ -371,7 +371,6 @@ def backend_command(
     neither ``--{prefix}base-url`` nor ``--{prefix}model`` was given. ``prefix="teacher-"`` gives
     ``--teacher-base-url``, ``--teacher-model``, ... for commands that use two models.
     """
-    import functools
     import inspect
 
     overrides = defaults or {}
@@ -379,10 +378,6 @@ def backend_command(
     rich_panel = panel or (f"{prefix.rstrip('-').capitalize()} model" if prefix else "Model backend")
 
     def deco(fn: Any) -> Any:
-        sig = inspect.signature(fn, eval_str=True)
-        if dest not in sig.parameters:
-            raise TypeError(f"{fn.__name__} must declare a '{dest}' parameter for backend_command")
-        kept = [p for p in sig.parameters.values() if p.name != dest]
         added = []
         for name, ann, default, flag, help_text, check in _BACKEND_FIELDS:
             # The shared help names the unprefixed flags; a prefixed option must name its siblings.
@@ -392,27 +387,45 @@ def backend_command(
                 f"{pyprefix}{name}", inspect.Parameter.KEYWORD_ONLY,
                 default=overrides.get(name, default), annotation=Annotated[ann, option],
             ))
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p
-                  for p in kept] + added
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            values = {name: kwargs.pop(f"{pyprefix}{name}") for name, *_ in _BACKEND_FIELDS}
+        def build(given: dict[str, Any]) -> dict[str, Any] | None:
+            values = {name: given[f"{pyprefix}{name}"] for name, *_ in _BACKEND_FIELDS}
             if not values["base_url"] and not values["model"]:
                 if required:
                     fail(f"choose a backend: --{prefix}base-url URL (with --{prefix}model NAME) "
                          f"or --{prefix}model PATH_OR_HF_ID", EXIT_INPUT)
-                kwargs[dest] = None
-            else:
-                kwargs[dest] = backend_options(**values, prefix=prefix)
-            return fn(*args, **kwargs)
+                return None
+            return backend_options(**values, prefix=prefix)
 
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__  # typer must see the new signature, not the original
-        return wrapper
+        return replace_parameter(fn, dest, added, build)
 
     return deco
+
+
+def replace_parameter(fn: Any, dest: str, added: list[Any], build: Callable[[dict[str, Any]], Any]) -> Any:
+    """``fn`` with its parameter ``dest`` hidden from typer and the options ``added``
+    (``inspect.Parameter``s) shown instead; on each call ``dest`` receives ``build(values of the
+    added options)``. With ``added=[]`` the parameter is simply hidden (``build({})``)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True)
+    if dest not in sig.parameters:
+        raise TypeError(f"{fn.__name__} must declare a '{dest}' parameter")
+    kept = [p for p in sig.parameters.values() if p.name != dest]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p
+              for p in kept] + added
+    names = [p.name for p in added]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs[dest] = build({name: kwargs.pop(name) for name in names})
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must see the new signature, not the original
+    return wrapper
 
 
 # -- where batch judging runs (--executor) ------------------------------------------------------
@@ -438,26 +451,17 @@ def executor_command(fn: Any) -> Any:
     to a batch command, which receives them as ``executor`` (an
     :class:`~rationalrewards.executors.ExecutorOptions`). ``--executor ray`` without Ray
     installed stops here (exit 2, naming the extra) before any input is read."""
-    import functools
     import importlib.util
     import inspect
 
-    sig = inspect.signature(fn, eval_str=True)
-    if "executor" not in sig.parameters:
-        raise TypeError(f"{fn.__name__} must declare an 'executor' parameter for executor_command")
-    kept = [p for p in sig.parameters.values() if p.name != "executor"]
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                annotation=Annotated[ann, typer.Option(f"--{flag}", help=help_text, callback=check,
                                                                       rich_help_panel=_EXECUTOR_PANEL)])
              for name, ann, default, flag, help_text, check in _EXECUTOR_FIELDS]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p
-              for p in kept] + added
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def build(values: dict[str, Any]) -> Any:
         from ..executors import ExecutorOptions
 
-        values = {name: kwargs.pop(name) for name, *_ in _EXECUTOR_FIELDS}
         try:
             executor = ExecutorOptions(kind=values["executor"], address=values["ray_address"],
                                        workers=values["ray_workers"], num_gpus=values["ray_num_gpus"])
@@ -465,10 +469,6 @@ def executor_command(fn: Any) -> Any:
             fail(str(exc), EXIT_INPUT)
         if executor.kind == "ray" and importlib.util.find_spec("ray") is None:
             raise ModuleNotFoundError("No module named 'ray'", name="ray")
-        kwargs["executor"] = executor
-        return fn(*args, **kwargs)
+        return executor
 
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    del wrapper.__wrapped__  # typer must see the new signature, not the original
-    return wrapper
+    return replace_parameter(fn, "executor", added, build)

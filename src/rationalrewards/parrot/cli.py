@@ -6,7 +6,6 @@ Every option defaults to "not given" so that the precedence defaults < DIR/confi
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from ..cli.common import (
     fail,
     looks_like_missing_path,
     out_console,
+    replace_parameter,
 )
 
 parrot_app = typer.Typer(
@@ -207,11 +207,7 @@ def _phase_command(phases: tuple[str, ...], doc: str) -> Any:
     # show the executor options at all.
     if {"anchor", "filter"} & set(phases):
         return executor_command(command)
-    sig = inspect.signature(command, eval_str=True)
-    params = [p for p in sig.parameters.values() if p.name != "executor"]
-    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    return replace_parameter(command, "executor", [], lambda _values: None)
 
 
 parrot_app.command("run")(_phase_command(
