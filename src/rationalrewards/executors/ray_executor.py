@@ -149,6 +149,17 @@ class RayPool:
         finally:
             self.load[i] -= 1
 
+    async def call_or_failed(self, if_lost: Callable[[str], Any], method: str, *args: Any, **kwargs: Any) -> Any:
+        """Like :meth:`call`, but a worker gone for good (:func:`worker_lost`) gives
+        ``if_lost(reason)``, the stage's failed result, instead of an exception."""
+        try:
+            return await self.call(method, *args, **kwargs)
+        except Exception as exc:
+            lost = worker_lost(exc)
+            if lost is None:
+                raise
+            return if_lost(lost)
+
     async def broadcast(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return list(await asyncio.gather(*(a.call.remote(method, args, kwargs) for a in self.actors)))
 
@@ -202,14 +213,8 @@ class RayBackend(Backend):
         self._description = description
 
     async def agenerate(self, messages: list[dict[str, Any]], params: SamplingParams) -> Generation:
-        try:
-            gen: Generation = await self.pool.call("backend.agenerate", messages, params)
-        except Exception as exc:
-            lost = worker_lost(exc)
-            if lost is None:
-                raise
-            return Generation(text=None, error=lost)
-        return gen
+        return await self.pool.call_or_failed(lambda lost: Generation(text=None, error=lost),
+                                              "backend.agenerate", messages, params)
 
     async def aready(self, timeout: float = 60.0) -> bool:
         return all(await self.pool.broadcast("aready", timeout))
@@ -250,26 +255,16 @@ class RayRewardModel(RewardModel):
         return self.pool.size
 
     async def acritique(self, prompt: str, image: Any, source: Any = None, **kwargs: Any) -> CritiqueResult:
-        try:
-            res: CritiqueResult = await self.pool.call("acritique", prompt, image, source, **kwargs)
-        except Exception as exc:
-            lost = worker_lost(exc)
-            if lost is None:
-                raise
-            return failed_critique("edit" if source else "t2i", "backend", lost, id=kwargs.get("id"))
-        return res
+        return await self.pool.call_or_failed(
+            lambda lost: failed_critique("edit" if source else "t2i", "backend", lost, id=kwargs.get("id")),
+            "acritique", prompt, image, source, **kwargs)
 
     async def acompare(self, prompt: str, image_a: Any, image_b: Any, source: Any = None,
                        **kwargs: Any) -> CompareResult:
-        try:
-            res: CompareResult = await self.pool.call("acompare", prompt, image_a, image_b, source, **kwargs)
-        except Exception as exc:
-            lost = worker_lost(exc)
-            if lost is None:
-                raise
-            return failed_compare("edit" if source else "t2i", "backend", lost, id=kwargs.get("id"),
-                                  mode=kwargs.get("mode", "pairwise"))
-        return res
+        return await self.pool.call_or_failed(
+            lambda lost: failed_compare("edit" if source else "t2i", "backend", lost, id=kwargs.get("id"),
+                                        mode=kwargs.get("mode", "pairwise")),
+            "acompare", prompt, image_a, image_b, source, **kwargs)
 
     def close(self) -> None:
         super().close()  # runs backend.aclose on this model's loop when it was used

@@ -251,15 +251,9 @@ class Parrot:
         if self.executor.is_local:
             return await generate_stored(self.images, self.backend(), job.build(), job.params)
         from ..backends import Generation
-        from ..executors.ray_executor import worker_lost
 
-        try:
-            return await self._remote().call("agenerate_stored", job.build(), job.params)
-        except Exception as exc:
-            lost = worker_lost(exc)
-            if lost is None:
-                raise
-            return Generation(text=None, error=lost)
+        return await self._remote().call_or_failed(lambda lost: Generation(text=None, error=lost),
+                                                   "agenerate_stored", job.build(), job.params)
 
     async def aclose(self) -> None:
         # Closes this event loop's HTTP clients (also of an injected backend: they belong to a
