@@ -3,9 +3,9 @@ the student fine-tuned from the shipped pretrained base, asserted with the quick
 
 The quick budget is chosen to finish in under two minutes on two CPU cores. The base knows the
 world (captions, questions, image-text matching) but not the judge format (its zero-shot parse
-rate is 0); after the quick SFT (150 steps) the student writes the released format (parse rate
-1.00) but decides only 15% of the pairs (it writes ties): measured accuracy 0.12 on 60 pairs,
-short of the issue's 0.6 for --quick, so no accuracy floor is asserted here (docs/demo.md)."""
+rate is 0); after the quick SFT (250 steps on PARROT's pointwise critiques) the student writes the
+released format and judges the held-out pairs image by image: measured accuracy 0.67 on its 60
+pairs, and the issue's floor of 0.6 is asserted (docs/demo.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def test_the_student_learns_to_judge_from_the_pretrained_base(quick_run):
     _out, s = quick_run
     st = s["student"]
     assert st["parse_rate"] >= 0.75  # the base writes no judgement at all (below); measured 1.00
-    assert st["n"] >= 50 and 0.0 <= st["accuracy"] <= 1.0
+    assert st["n"] >= 50 and st["mode"] == "pointwise"
+    # The issue's floor for --quick (measured 0.67: 40 of 60 pairs, 95% CI 0.55-0.78).
+    assert st["accuracy"] >= 0.6, st
+    assert s["targets"]["student_accuracy"] == {"value": st["accuracy"], "op": ">=", "bound": 0.6, "met": True}
     assert st["train"]["global_step"] == s["config"]["max_steps"]
     assert st["pointwise_parse_rate"] >= 0.5
     assert set(st["by_category"]) <= {"t2i/objects", "t2i/artefacts", "t2i/text", "edit/instruction",

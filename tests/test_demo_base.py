@@ -130,6 +130,27 @@ def test_the_demo_config_names_its_base():
     assert DemoConfig.preset(base="scratch").base == "scratch"
     with pytest.raises(ValueError, match="sft_trainer"):
         DemoConfig.preset(sft_trainer="fast")
+    # Held-out pairs are judged image by image by default (the base never saw two candidates at once).
+    assert DemoConfig.preset().eval_mode == DemoConfig.preset(quick=True).eval_mode == "pointwise"
+    with pytest.raises(ValueError, match="eval_mode"):
+        DemoConfig.preset(eval_mode="joint")
+
+
+def test_the_base_describes_a_mismatch_in_the_words_the_teacher_critiques_with():
+    # The base's "does the image follow the request?" answers and the teacher's justifications name
+    # a defect the same way, so PARROT's SFT builds on what the base already says.
+    from rationalrewards.demo.base_data import differences, mismatches
+    from rationalrewards.demo.world import Obj, Scene, find_defects, parse_request
+
+    intent = parse_request("A small red circle on the left and the word CAT written below")
+    scene = Scene((Obj("circle", "blue", "large", "right"),), "CAP", ("noise",))
+    assert mismatches(intent, scene) == [d.detail for d in find_defects(intent, scene)] == [
+        "the circle is blue, not red", "the blue circle is large, not small",
+        "the blue circle is on the right, not on the left", "the word reads CAP, not CAT", "the image is noisy"]
+    src = Scene((Obj("circle", "red", "large", "left"),))
+    edit = parse_request("Change the red circle to green", src)
+    assert [d.detail for d in find_defects(edit, src)] == differences(edit.edit.apply(src), src) == [
+        "the circle on the left turned from green to red"]
     # the sample tasks the base draws are the world's own
     assert sample_task(random.Random(0), "x").prompt
 

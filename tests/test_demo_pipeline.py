@@ -135,3 +135,17 @@ def test_bad_settings_name_the_setting():
         DemoConfig.preset(teacher_noise=1.5)
     with pytest.raises(ValueError, match="max_steps"):
         DemoConfig.preset(max_steps=0)
+    with pytest.raises(ValueError, match="sft_kinds"):
+        DemoConfig.preset(sft_kinds="all")
+
+
+def test_the_student_can_learn_from_pointwise_critiques_only(tmp_path):
+    # sft_kinds="pointwise" (the default) keeps PARROT's filter whole and hands SFT only the
+    # one-image critiques, the judgements the pointwise judge writes.
+    cfg = DemoConfig.preset(quick=True, out=str(tmp_path), train_pairs=24, eval_pairs=4, refine_prompts=0)
+    assert cfg.sft_kinds == "pointwise"
+    run = DemoRun(cfg)
+    run.run(stages=("world", "parrot"))
+    rows = read_jsonl(tmp_path / "parrot" / "sft" / "trl" / "train.jsonl")
+    assert rows and {r["kind"] for r in rows} == {"pointwise"}
+    assert run.result("parrot")["pairwise"]["kept"] > 0  # the pairwise rationales were still anchored and filtered

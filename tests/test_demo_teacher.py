@@ -46,7 +46,10 @@ def test_a_noise_free_teacher_writes_the_truth_in_the_released_pointwise_format(
     assert res.ok, res.error
     assert res.scores == {"text_faithfulness": 2.5, "image_faithfulness": None, "physical_quality": 2.5,
                           "text_rendering": 2.0}
-    assert "one requested object is missing" in res.justifications["text_faithfulness"]
+    # Each defect is named concretely, in the words of the base student's pretraining.
+    assert res.justifications["text_faithfulness"] == "the blue square is missing."
+    assert res.justifications["physical_quality"] == "the image is noisy."
+    assert res.justifications["text_rendering"] == "the word reads CAP, not CAT."
     assert res.refined_request == ("Draw every listed object exactly once. Spell the word exactly. "
                                    "Render it clean and sharp, with no noise, blur or seams.")
 
@@ -89,7 +92,7 @@ def test_under_an_anchor_the_teacher_may_rationalise_scores_but_never_its_prose(
     msgs[-1]["content"].append({"type": "text", "text": "\n" + phrase})
     res = parse_comparison(ask(DemoTeacher(noise=0.0, rationalize=1.0), msgs), "t2i")
     assert res.winner == "B"
-    assert "visible noise" in (res.justifications["physical_quality"] or "")
+    assert "the image is noisy" in (res.justifications["physical_quality"] or "")
     honest = parse_comparison(ask(DemoTeacher(noise=0.0, rationalize=0.0), msgs), "t2i")
     assert honest.winner == "A"  # left inconsistent: PARROT's consistency check rejects it
 
@@ -112,6 +115,45 @@ def test_defect_phrases_read_back_exactly():
     assert sorted(d.code for d in claimed_defects(answer, intent)["image"]) == sorted(d.code for d in defects)
     assert [d.code for d in read_defects("two requested objects are missing; visible noise")] == [
         "missing", "missing", "noise"]
+
+
+def test_every_critique_reads_back_to_the_defects_it_names_including_made_up_ones():
+    # 3,000 random requests of the world (40% edits), each judged truly and with one perception
+    # error (a missed or a hallucinated defect, named concretely): reading the critique back gives
+    # exactly the defects written, per dimension. PARROT's re-prediction and the demo's error
+    # measurements rely on this.
+    import random
+
+    from rationalrewards.demo.generator import draw_scene
+    from rationalrewards.demo.teacher import corrupt
+    from rationalrewards.demo.world import sample_task
+
+    rng = random.Random(1)
+    for i in range(3000):
+        task = sample_task(rng, f"t{i}", edit_rate=0.4, cue_rate=0.2)
+        intent, scene = draw_scene(task.prompt, source=task.intent.source, seed=i)
+        truth = find_defects(intent, scene)
+        for written in (truth, corrupt(intent, truth, rng)):
+            back = claimed_defects(pointwise_answer(intent, written), intent)["image"]
+            assert sorted((d.dim, d.code) for d in back) == sorted((d.dim, d.code) for d in written), task.prompt
+            pair = claimed_defects(pairwise_answer(intent, written, truth), intent)
+            assert sorted((d.dim, d.code) for d in pair["A"]) == sorted((d.dim, d.code) for d in written)
+
+
+def test_an_edit_critique_says_what_the_image_shows_against_what_was_asked():
+    src = Scene((Obj("circle", "red", "large", "left"), Obj("square", "blue", "large", "right")))
+    intent = parse_request("Change the red circle to green", src)
+    untouched = Scene(src.objects)
+    spoiled = Scene((Obj("circle", "green", "large", "left"),))
+    assert [(d.code, d.detail) for d in find_defects(intent, untouched)] == [
+        ("not_applied", "the circle on the left turned from green to red")]
+    assert [(d.code, d.detail) for d in find_defects(intent, spoiled)] == [
+        ("changed_other", "the blue square on the right was removed")]
+    # The same words mean "not made" on the edited slot and "something else changed" elsewhere.
+    assert [d.code for d in read_defects("the circle on the left turned from green to red", intent)] == ["not_applied"]
+    assert [d.code for d in read_defects("the circle on the left turned from green to yellow", intent)] == [
+        "wrong_change"]
+    assert [d.code for d in read_defects("the blue square on the right was removed", intent)] == ["changed_other"]
 
 
 def test_images_outside_the_world_are_a_visible_failure_not_a_guess():

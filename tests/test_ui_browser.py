@@ -107,7 +107,7 @@ def test_critique_of_an_uploaded_image_shows_each_dimension_its_reason_and_the_r
     assert dim_score(browser, "physical_quality") == "2.50 / 4"
     assert dim_score(browser, "text_rendering") == "2.00 / 4"
     assert text_of(browser, "#critique-result [data-rr=reward]") == "0.500"
-    assert "misspelled" in text_of(browser, "#critique-result [data-dim=text_rendering]")
+    assert "the word reads SNU, not SUN" in text_of(browser, "#critique-result [data-dim=text_rendering]")
     refined = wait_for(lambda: css(browser, "#critique-refined textarea").get_attribute("value"), what="refined request")
     assert "Spell the word exactly" in refined
     assert browser.find_elements("css selector", "#critique-refined button"), "no copy button by the refined request"

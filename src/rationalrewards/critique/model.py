@@ -55,6 +55,9 @@ _INPUT_ERRORS = (ImageInputError, PromptInputError, ValueError, TypeError, OSErr
 _MODEL_OPTIONS = ("templates", "aggregation", "allow_na")
 _SAMPLING_OPTIONS = ("temperature", "max_tokens", "top_p", "seed", "stop")
 
+#: Between image A's and image B's critiques in the ``raw`` text of a pointwise comparison.
+POINTWISE_SEPARATOR = "\n\n=== image B ===\n\n"
+
 
 @dataclass
 class CritiqueItem:
@@ -380,7 +383,7 @@ class RewardModel:
             scores_a=ca.scores, scores_b=cb.scores,
             justifications={k: f"A: {ca.justifications.get(k) or ''}\nB: {cb.justifications.get(k) or ''}"
                             for k in keys_for(task)},
-            raw=f"{ca.raw}\n\n=== image B ===\n\n{cb.raw}",
+            raw=f"{ca.raw}{POINTWISE_SEPARATOR}{cb.raw}",
             usage=Usage(prompt_tokens=(ca.usage.prompt_tokens if ca.usage else 0) + (cb.usage.prompt_tokens if cb.usage else 0),
                         completion_tokens=(ca.usage.completion_tokens if ca.usage else 0)
                         + (cb.usage.completion_tokens if cb.usage else 0)),

@@ -34,18 +34,23 @@ from typing import Any
 
 from .generator import draw_scene
 from .world import (
+    ART_WORD,
     ARTEFACTS,
     COLORS,
     POSITIONS,
     SHAPES,
     SIZES,
+    WHERE,
     WORDS,
     Intent,
     Obj,
     Scene,
     Want,
-    pair_objects,
+    artefact_phrase,
+    find_defects,
+    obj_phrase,
     sample_task,
+    slot_changes,
 )
 
 #: The task kinds, in the order their held-out accuracies are reported.
@@ -55,8 +60,6 @@ TASK_WEIGHTS: dict[str, float] = {"caption": 0.2, "qa": 0.25, "match": 0.3, "dif
 #: The seed namespace of the stream; preference pairs use ``demo-pairs:...`` (see pipeline.make_pairs).
 STREAM = "demo-base"
 
-_WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
-_ART_WORD = {"noise": "noisy", "blur": "blurred", "seam": "split by a seam"}
 _COUNT = {0: "none", 1: "one", 2: "two", 3: "three"}
 
 
@@ -78,10 +81,6 @@ class BaseExample:
                 "prefix": self.prefix, "question": self.question, "answer": self.answer, "meta": self.meta}
 
 
-def obj_phrase(o: Obj) -> str:
-    return f"a {o.size} {o.color} {o.shape}"
-
-
 def caption(scene: Scene) -> str:
     """What an image shows, slot by slot, then the word and the artefacts."""
     parts = []
@@ -99,55 +98,18 @@ def _want_phrase(w: Want) -> str:
 
 
 def mismatches(intent: Intent, scene: Scene) -> list[str]:
-    """What in ``scene`` does not match a t2i request ``intent``, named concretely."""
-    out: list[str] = []
-    matched, second, left = pair_objects(intent.objects, scene.objects)
-    for w, hit in second:
-        if hit is None:
-            out.append(f"the {w.color} {w.shape} is missing")
-            continue
-        out.append(f"the {w.shape} is {hit.color}, not {w.color}")
-        matched.append((w, hit))
-    for w, o in matched:
-        if w.size and o.size != w.size:
-            out.append(f"the {o.color} {o.shape} is {o.size}, not {w.size}")
-        if w.position and o.position != w.position:
-            out.append(f"the {o.color} {o.shape} is {_WHERE[o.position]}, not {_WHERE[w.position]}")
-    out += [f"there is an extra {o.color} {o.shape}" for o in left]
-    if intent.text:
-        if scene.text is None:
-            out.append("no word is written")
-        elif scene.text != intent.text:
-            out.append(f"the word reads {scene.text}, not {intent.text}")
-    out += [f"the image is {_ART_WORD[a]}" for a in ARTEFACTS if a in scene.artefacts]
-    return out
+    """What in ``scene`` does not match a t2i request ``intent``, named concretely: the details of
+    the world's own defects (:func:`.world.find_defects`), so the base and the judge's truth say
+    the same thing in the same words; objects and the word first, then the artefacts."""
+    found = find_defects(replace(intent, source=None, edit=None), scene)
+    return ([d.detail for d in found if d.dim != "physical_quality"]
+            + [artefact_phrase(a) for a in ARTEFACTS if a in scene.artefacts])
 
 
 def differences(a: Scene, b: Scene) -> list[str]:
     """What changed from image ``a`` to image ``b``, slot by slot, then the word and artefacts."""
-    out: list[str] = []
-    for pos in POSITIONS:
-        oa, ob = a.at(pos), b.at(pos)
-        if oa == ob:
-            continue
-        if oa is None and ob is not None:
-            out.append(f"{obj_phrase(ob)} was added {_WHERE[pos]}")
-        elif ob is None and oa is not None:
-            out.append(f"the {oa.color} {oa.shape} {_WHERE[pos]} was removed")
-        elif oa is not None and ob is not None:
-            if oa.shape == ob.shape and oa.size == ob.size:
-                out.append(f"the {oa.shape} {_WHERE[pos]} turned from {oa.color} to {ob.color}")
-            else:
-                out.append(f"the {oa.color} {oa.shape} {_WHERE[pos]} became {obj_phrase(ob)}")
-    if a.text != b.text:
-        if b.text is None:
-            out.append("the word was removed")
-        elif a.text is None:
-            out.append(f"the word {b.text} was added")
-        else:
-            out.append(f"the word changed from {a.text} to {b.text}")
-    out += [f"the second image is {_ART_WORD[x]}" for x in ARTEFACTS if x in b.artefacts and x not in a.artefacts]
-    return out
+    return ([phrase for _where, phrase in slot_changes(a, b)]
+            + [f"the second image is {ART_WORD[x]}" for x in ARTEFACTS if x in b.artefacts and x not in a.artefacts])
 
 
 def _join(items: list[str]) -> str:
@@ -167,19 +129,19 @@ def _qa(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
         return q, (obj_phrase(o) if o else "nothing").capitalize() + ".", kind
     if kind == "colour":
         o = rng.choice(objs)
-        return f"What colour is the {o.shape} {_WHERE[o.position]}?", f"{o.color.capitalize()}.", kind
+        return f"What colour is the {o.shape} {WHERE[o.position]}?", f"{o.color.capitalize()}.", kind
     if kind == "size":
         o = rng.choice(objs)
         return f"What size is the {o.color} {o.shape}?", f"{o.size.capitalize()}.", kind
     if kind == "where":
         if rng.random() < 0.7:
             o = rng.choice(objs)
-            return f"Where is the {o.color} {o.shape}?", f"{_WHERE[o.position].capitalize()}.", kind
+            return f"Where is the {o.color} {o.shape}?", f"{WHERE[o.position].capitalize()}.", kind
         shape = rng.choice(SHAPES)
         color = rng.choice(("red", "green", "blue", "yellow"))
         o2 = next((x for x in objs if x.shape == shape and x.color == color), None)
         return (f"Where is the {color} {shape}?",
-                f"{_WHERE[o2.position].capitalize()}." if o2 else f"There is no {color} {shape}.", kind)
+                f"{WHERE[o2.position].capitalize()}." if o2 else f"There is no {color} {shape}.", kind)
     if kind == "word":
         return "What word is written?", f"{scene.text}." if scene.text else "No word is written.", kind
     if kind == "count":

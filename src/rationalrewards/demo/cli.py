@@ -34,6 +34,12 @@ def demo(
     train_pairs: Annotated[int | None, typer.Option("--train-pairs", min=1, help="Preference pairs for PARROT.")] = None,
     eval_pairs: Annotated[int | None, typer.Option("--eval-pairs", min=1, help="Held-out pairs for eval.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Student training steps.")] = None,
+    sft_kinds: Annotated[str | None, typer.Option(
+        "--sft-kinds", help="Which of PARROT's SFT examples the student learns from: pointwise, pairwise or both.",
+        show_default="pointwise")] = None,
+    eval_mode: Annotated[str | None, typer.Option(
+        "--eval-mode", help="How a held-out pair is judged: pairwise (one joint judgement) or pointwise (each image "
+        "critiqued alone, the higher reward wins).", show_default="pointwise")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch threads (default: every core, or one when the machine is already busy).")] = None,
     rebuild_base: Annotated[bool, typer.Option(
@@ -70,7 +76,8 @@ def demo(
     try:
         cfg = DemoConfig.preset(quick=quick, out=str(out), seed=seed, teacher_noise=teacher_noise,
                                 filter=False if no_filter else None, train_pairs=train_pairs, eval_pairs=eval_pairs,
-                                max_steps=max_steps, base="rebuild" if rebuild_base else base, extra=extra or None)
+                                max_steps=max_steps, sft_kinds=sft_kinds, eval_mode=eval_mode, base="rebuild" if rebuild_base else base,
+                                extra=extra or None)
         quiet_libraries(verbose=verbose)
         with StageLog(err_console, verbose=verbose) as log:
             summary = run_demo(cfg, log=log, overwrite=overwrite)
@@ -92,8 +99,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     tr = r.get("true_reward") or {}
     tt = (r.get("teacher_critic") or {}).get("true_reward") or {}
     lines = [
-        f"student   accuracy {_fmt(st.get('accuracy'))} on {st.get('n')} held-out pairs (95% CI {st.get('ci95')}), "
-        f"parse rate {_fmt(st.get('parse_rate'))}",
+        f"student   accuracy {_fmt(st.get('accuracy'))} on {st.get('n')} held-out pairs (95% CI {st.get('ci95')}, "
+        f"{st.get('mode') or 'pairwise'} judging), parse rate {_fmt(st.get('parse_rate'))}",
         f"base      zero-shot accuracy {_fmt(((s.get('base') or {}).get('zero_shot') or {}).get('accuracy'))} on the same "
         "pairs (before PARROT)",
         f"teacher   accuracy {_fmt((s.get('teacher_reference') or {}).get('accuracy'))} (noise "

@@ -86,7 +86,9 @@ class DemoConfig:
     explicitness cue, ``image_size`` pixels per side.
     Teacher and PARROT: ``teacher_noise`` (share of answers with one missed or hallucinated
     defect), ``rationalize`` (see :class:`~.teacher.DemoTeacher`), ``samples`` anchored rationales
-    per pair, ``filter`` (False: train on the raw teacher output, the ablation).
+    per pair, ``filter`` (False: train on the raw teacher output, the ablation), ``sft_kinds``
+    which of PARROT's SFT examples the student learns from: ``pointwise`` (one image per
+    critique, the judge ``eval_mode="pointwise"`` uses), ``pairwise`` or ``both`` (the paper's mix).
     Student: ``base`` is what SFT starts from: ``"shipped"`` (the pretrained base committed with
     the package, :mod:`.base`), ``"rebuild"`` (pretrain a base afresh with the shipped recipe
     and this run's seed, in ``DIR/student/base-build``), the path of a folder :func:`.base.pretrain_base`
@@ -98,7 +100,9 @@ class DemoConfig:
     image processing, frozen-tower passes and trainer bookkeeping) or ``"trl"`` (``parrot
     train`` itself); ``curve_points`` checkpoints of SFT evaluated on the first ``curve_pairs``
     held-out pairs (the learning curve; 0 turns it off); ``zero_shot`` also evaluates the base
-    as a judge before PARROT.
+    as a judge before PARROT; ``eval_mode`` how every judge of the run decides a held-out pair:
+    ``pairwise`` (one joint judgement of both images) or ``pointwise`` (each image critiqued
+    alone, the higher reward wins: how a reward model is used in RL and refinement).
     Refinement: ``refine_rounds`` rounds after round 0 with ``refine_candidates`` images each.
     """
 
@@ -117,6 +121,7 @@ class DemoConfig:
     anchor_orders: str = "both"
     select: str = "all"
     filter: bool = True
+    sft_kinds: str = "pointwise"
     base: str = "shipped"
     hidden_size: int = 128
     num_layers: int = 2
@@ -125,11 +130,12 @@ class DemoConfig:
     vocab_size: int = 1024
     learning_rate: float = 1e-3
     batch_size: int = 8
-    max_steps: int = 600
+    max_steps: int = 1200
     warmup_ratio: float = 0.03
     max_new_tokens: int = 240
     sft_trainer: str = "lean"
     eval_batch_size: int = 16
+    eval_mode: str = "pointwise"
     curve_points: int = 2
     curve_pairs: int = 100
     zero_shot: bool = True
@@ -143,11 +149,10 @@ class DemoConfig:
         """The default budget (about 10 minutes on two cores) or the ``--quick`` one (under 2)."""
         base: dict[str, Any] = {"quick": quick}
         if quick:
-            # From the pretrained base, the quick SFT learns the judge format but not yet to tell
-            # the images apart (measured: docs/demo.md). 150 steps because from the current base
-            # 100 reach a parse rate of only 0.68 (150: 1.00); 200 steps did not decide more
-            # pairs and go past the 2-minute budget. One curve point halfway.
-            base.update(train_pairs=200, eval_pairs=60, refine_prompts=3, max_steps=150, learning_rate=2e-3,
+            # Measured (docs/demo.md): 150 steps on 200 pairs judge 0.58 of the quick held-out pairs,
+            # 250 steps on 400 pairs 0.67, inside the 2-minute budget on two idle cores. One curve
+            # point halfway.
+            base.update(train_pairs=400, eval_pairs=60, refine_prompts=3, max_steps=250, learning_rate=2e-3,
                         refine_rounds=1, curve_points=1, curve_pairs=30, vision_pretrain_steps=100,
                         vision_pretrain_images=640)
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -162,6 +167,10 @@ class DemoConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sft_kinds not in ("both", "pairwise", "pointwise"):
+            raise ValueError(f"sft_kinds must be 'both', 'pairwise' or 'pointwise', got {self.sft_kinds!r}")
+        if self.eval_mode not in ("pairwise", "pointwise"):
+            raise ValueError(f"eval_mode must be 'pairwise' or 'pointwise', got {self.eval_mode!r}")
         if self.sft_trainer not in ("lean", "trl"):
             raise ValueError(f"sft_trainer must be 'lean' or 'trl', got {self.sft_trainer!r}")
         if not self.base:
@@ -405,6 +414,7 @@ def claim_accuracy(eval_dir: str | Path, truth_path: str | Path, *, ids: set[str
     ``majority`` is the score of always writing the most common true claim, the floor a judge
     that has learnt nothing about that dimension reaches. ``ids`` restricts it to those pairs.
     """
+    from ..critique.model import POINTWISE_SEPARATOR
     from .teacher import claimed_defects
 
     truth = _truth_index(Path(truth_path))
@@ -420,7 +430,13 @@ def claim_accuracy(eval_dir: str | Path, truth_path: str | Path, *, ids: set[str
         if t is None or not order.get("raw"):
             continue
         intent = _intent_of(t)
-        claims = claimed_defects(order["raw"], intent)
+        raw = order["raw"]
+        if POINTWISE_SEPARATOR in raw:  # pointwise mode: one critique per image
+            part_a, _, part_b = raw.partition(POINTWISE_SEPARATOR)
+            claims = {"A": claimed_defects(part_a, intent).get("image", []),
+                      "B": claimed_defects(part_b, intent).get("image", [])}
+        else:
+            claims = claimed_defects(raw, intent)
         shown = ("a", "b") if order.get("order", "AB") == "AB" else ("b", "a")
         for side, key in zip(("A", "B"), shown, strict=True):
             for dim in dims_for(intent):
@@ -642,7 +658,8 @@ class DemoRun(RunFolder):
             "teacher": {"templates": str(self.templates_dir), "concurrency": 16, "model": "demo-teacher"},
             "anchor": {"samples": cfg.samples, "seed": cfg.seed, "orders": cfg.anchor_orders},
             "filter": {"select": cfg.select},
-            "sft": {"val_fraction": 0.0},
+            "sft": {"val_fraction": 0.0, "pairwise": cfg.sft_kinds in ("both", "pairwise"),
+                    "pointwise": cfg.sft_kinds in ("both", "pointwise")},
         })
         teacher = DemoTeacher(noise=cfg.teacher_noise, rationalize=cfg.rationalize, seed=cfg.seed)
         p = Parrot(pcfg, backend=teacher, log=self.log)
@@ -799,7 +816,8 @@ class DemoRun(RunFolder):
         cfg = self.cfg
         data = str(self.world_dir / "heldout" / "pairs.jsonl")
         rm = self._student_model()
-        report = evaluate(rm, "pairs", data, str(self.eval_dir / "student"), concurrency=cfg.eval_batch_size)
+        report = evaluate(rm, "pairs", data, str(self.eval_dir / "student"), concurrency=cfg.eval_batch_size,
+                          mode=cfg.eval_mode)
         truth = self.world_dir / "heldout" / "truth.jsonl"
         out: dict[str, Any] = {"student": {**_eval_summary(report, self.eval_dir / "student"),
                                            "claims": claim_accuracy(self.eval_dir / "student", truth)}}
@@ -807,7 +825,8 @@ class DemoRun(RunFolder):
             # The base as a judge before PARROT: same prompts, same pairs, same decoding.
             zs = self._judge(self.student_root / "base")
             try:
-                rep_b = evaluate(zs, "pairs", data, str(self.eval_dir / "base"), concurrency=cfg.eval_batch_size)
+                rep_b = evaluate(zs, "pairs", data, str(self.eval_dir / "base"), concurrency=cfg.eval_batch_size,
+                                 mode=cfg.eval_mode)
             finally:
                 zs.close()
             out["base_zero_shot"] = {**_eval_summary(rep_b, self.eval_dir / "base"),
@@ -817,7 +836,8 @@ class DemoRun(RunFolder):
         if cfg.teacher_reference:
             teacher = RewardModel(DemoTeacher(noise=cfg.teacher_noise, seed=cfg.seed + 7), templates=str(self.templates_dir),
                                   sampling=SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, seed=0))
-            rep_t = evaluate(teacher, "pairs", data, str(self.eval_dir / "teacher"), concurrency=32)
+            rep_t = evaluate(teacher, "pairs", data, str(self.eval_dir / "teacher"), concurrency=32,
+                             mode=cfg.eval_mode)
             teacher.close()
             out["teacher"] = {**_eval_summary(rep_t, self.eval_dir / "teacher"),
                               "claims": claim_accuracy(self.eval_dir / "teacher", truth)}
@@ -847,7 +867,8 @@ class DemoRun(RunFolder):
             folder = self.eval_dir / "curve" / f"step-{step}"
             judge = self._judge(ckpt)
             try:
-                evaluate(judge, "pairs", str(subset), str(folder), concurrency=cfg.eval_batch_size)
+                evaluate(judge, "pairs", str(subset), str(folder), concurrency=cfg.eval_batch_size,
+                         mode=cfg.eval_mode)
             finally:
                 judge.close()
             points.append({"step": step, **_subset_scores(folder, truth, ids)})

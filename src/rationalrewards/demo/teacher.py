@@ -32,22 +32,29 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..backends import register_backend
 from ..backends.base import Backend, Generation, SamplingParams
 from .world import (
+    COLORS,
     CUE_TEXT,
     DIM_OF,
+    POSITIONS,
+    SHAPES,
+    SIZES,
     Defect,
     Intent,
+    Obj,
     Scene,
+    artefact_phrase,
     dims_for,
     find_defects,
     parse_request,
     scene_of,
     scores_from_defects,
+    slot_changes,
     text_applies,
 )
 
@@ -116,14 +123,18 @@ for _code, (_one, _many) in PHRASES.items():
 
 def describe(intent: Intent, defects: Sequence[Defect], dim: str) -> str:
     """The justification text of one image on one dimension."""
-    codes = Counter(d.code for d in defects if d.dim == dim)
     if dim == "text_rendering" and not text_applies(intent):
         return NOT_APPLICABLE[intent.task]
-    if not codes:
+    mine = [d for d in defects if d.dim == dim]
+    if not mine:
         if dim == "text_faithfulness" and intent.task == "edit":
             return FINE["edit_text_faithfulness"]
         return FINE[dim]
-    parts = []
+    # Each defect is named concretely ("the circle is blue, not red"): a critique that says which
+    # object is wrong and how is checkable, and uses the words the student's base already uses for
+    # the same facts. A defect without a detail falls back to the counted generic phrase.
+    parts = [d.detail for d in mine if d.detail]
+    codes = Counter(d.code for d in mine if not d.detail)
     for code in PHRASES:
         n = codes.get(code, 0)
         if n:
@@ -132,10 +143,89 @@ def describe(intent: Intent, defects: Sequence[Defect], dim: str) -> str:
     return "; ".join(parts)
 
 
-def read_defects(text: str) -> list[Defect]:
-    """Defects claimed in a justification written by :func:`describe` (inverse of it)."""
+_SHAPE = r"(?:circle|square|triangle)"
+_COLOR = r"(?:red|green|blue|yellow)"
+_WHERE_RE = r"(?P<where>on the left|in the middle|on the right)"
+_OBJ = rf"a (?:small|large) {_COLOR} {_SHAPE}"
+# Concrete details as world.find_defects writes them (t2i: one kind per pattern).
+_T2I_RES: list[tuple[str, re.Pattern[str]]] = [
+    ("missing", re.compile(rf"\bthe {_COLOR} {_SHAPE} is missing", re.I)),
+    ("color", re.compile(rf"\bthe {_SHAPE} is {_COLOR}, not {_COLOR}", re.I)),
+    ("size", re.compile(rf"\bthe {_COLOR} {_SHAPE} is (?:small|large), not (?:small|large)", re.I)),
+    ("place", re.compile(rf"\bthe {_COLOR} {_SHAPE} is {_WHERE_RE}, not (?:on the left|in the middle|on the right)",
+                         re.I)),
+    ("extra", re.compile(rf"\bthere is an extra {_COLOR} {_SHAPE}", re.I)),
+    ("no_text", re.compile(r"\bno word is written", re.I)),
+    ("misspelled", re.compile(r"\bthe word reads [A-Z]+, not [A-Z]+", re.I)),
+    ("noise", re.compile(r"\bthe image is noisy", re.I)),
+    ("blur", re.compile(r"\bthe image is blurred", re.I)),
+    ("seam", re.compile(r"\bthe image is split by a seam", re.I)),
+]
+# What an edited image shows against what was asked, slot by slot (world.slot_changes); the
+# kind depends on the edit: see _edit_code.
+_CHANGE_RES: list[re.Pattern[str]] = [
+    re.compile(rf"\b(?P<obj>{_OBJ}) was added {_WHERE_RE}", re.I),
+    re.compile(rf"\bthe {_COLOR} {_SHAPE} {_WHERE_RE} was removed", re.I),
+    re.compile(rf"\bthe (?P<shape>{_SHAPE}) {_WHERE_RE} turned from {_COLOR} to (?P<color>{_COLOR})", re.I),
+    re.compile(rf"\bthe {_COLOR} {_SHAPE} {_WHERE_RE} became (?P<obj>{_OBJ})", re.I),
+    re.compile(r"\bthe word (?:was removed|[A-Z]+ was added|changed from [A-Z]+ to (?P<text>[A-Z]+))", re.I),
+]
+
+
+def _edit_code(intent: Intent | None, m: re.Match[str]) -> tuple[str, str]:
+    """(dimension, kind) of a slot change an edit critique names. On the slot the instruction
+    touches it is the instruction's defect: ``not_applied`` when the image still shows the source
+    there, else ``wrong_change``; anywhere else ``changed_other``."""
+    op = intent.edit if intent is not None else None
+    src = intent.source if intent is not None else None
+    groups = m.groupdict()
+    where = groups.get("where")
+    pos = {"on the left": "left", "in the middle": "middle", "on the right": "right"}.get((where or "").lower())
+    if op is None or src is None:
+        return DIM_OF["changed_other"], "changed_other"
+    if pos is None:  # the word
+        if op.kind != "retext":
+            return DIM_OF["changed_other"], "changed_other"
+        got = groups.get("text")
+        return "text_faithfulness", "not_applied" if got is not None and got.upper() == src.text else "wrong_change"
+    touched = (op.target.position if op.target is not None else op.obj.position if op.obj is not None else None)
+    if pos != touched:
+        return DIM_OF["changed_other"], "changed_other"
+    shown = src.at(pos)
+    text = m.group(0).lower()
+    if "was removed" in text:
+        now = None
+    elif groups.get("obj"):
+        size, color, shape = groups["obj"].lower().split()[1:4]
+        now = (shape, color, size)
+    else:
+        now = ((groups.get("shape") or "").lower(), (groups.get("color") or "").lower(),
+               shown.size if shown is not None else None)
+    before = (shown.shape, shown.color, shown.size) if shown is not None else None
+    if now is None and op.kind == "recolor":  # the object to recolour is gone: the change was not made
+        return "text_faithfulness", "not_applied"
+    return "text_faithfulness", "not_applied" if now == before else "wrong_change"
+
+
+def read_defects(text: str, intent: Intent | None = None) -> list[Defect]:
+    """Defects claimed in a justification written by :func:`describe` (inverse of it): the
+    concrete details of :func:`~.world.find_defects`, and the counted generic phrases. ``intent``
+    (the request) tells what an edit's slot change means (see :func:`_edit_code`)."""
     out: list[Defect] = []
     spans: list[tuple[int, int]] = []
+    for code, pat in _T2I_RES:
+        for m in pat.finditer(text):
+            if any(a <= m.start() < b for a, b in spans):
+                continue
+            spans.append((m.start(), m.end()))
+            out.append(Defect(DIM_OF[code], code, m.group(0)))
+    for pat in _CHANGE_RES:
+        for m in pat.finditer(text):
+            if any(a <= m.start() < b for a, b in spans):
+                continue
+            spans.append((m.start(), m.end()))
+            dim, code = _edit_code(intent, m)
+            out.append(Defect(dim, code, m.group(0)))
     for code, pat in _PHRASE_RES:
         for m in pat.finditer(text):
             if any(a <= m.start() < b for a, b in spans):
@@ -231,10 +321,10 @@ def claimed_defects(answer: str, intent: Intent) -> dict[str, list[Defect]]:
         if pairwise:
             parts = re.split(r"\bB:\s", body, maxsplit=1)
             a_part = re.sub(r"^\s*A:\s", "", parts[0])
-            sides.setdefault("A", []).extend(read_defects(a_part))
-            sides.setdefault("B", []).extend(read_defects(parts[1] if len(parts) > 1 else ""))
+            sides.setdefault("A", []).extend(read_defects(a_part, intent))
+            sides.setdefault("B", []).extend(read_defects(parts[1] if len(parts) > 1 else "", intent))
         else:
-            sides.setdefault("image", []).extend(read_defects(body))
+            sides.setdefault("image", []).extend(read_defects(body, intent))
     return sides
 
 
@@ -244,6 +334,7 @@ def claimed_defects(answer: str, intent: Intent) -> dict[str, list[Defect]]:
 
 
 def _hallucination(intent: Intent, present: Sequence[Defect], rng: random.Random) -> Defect:
+    """A defect that is not there, named as concretely as a real one would be."""
     if intent.task == "edit":
         options = ["not_applied", "changed_other", "noise", "blur", "seam"]
     else:
@@ -253,7 +344,45 @@ def _hallucination(intent: Intent, present: Sequence[Defect], rng: random.Random
     have = {d.code for d in present}
     fresh = [c for c in options if c not in have] or options
     code = rng.choice(fresh)
-    return Defect(DIM_OF[code], code)
+    return Defect(DIM_OF[code], code, _made_up(intent, code, rng))
+
+
+def _made_up(intent: Intent, code: str, rng: random.Random) -> str:
+    """The detail of a hallucinated defect of kind ``code`` ("" when there is nothing concrete to
+    name, e.g. no object was requested; the generic phrase is written then)."""
+    if code in ("noise", "blur", "seam"):
+        return artefact_phrase(code)
+    if code in ("missing", "color") and intent.objects:
+        w = rng.choice(intent.objects)
+        if code == "missing":
+            return f"the {w.color} {w.shape} is missing"
+        return f"the {w.shape} is {rng.choice([c for c in COLORS if c != w.color])}, not {w.color}"
+    if code == "extra":
+        return f"there is an extra {rng.choice(list(COLORS))} {rng.choice(SHAPES)}"
+    if code == "misspelled" and intent.text:
+        k = rng.randrange(len(intent.text))
+        wrong = intent.text[:k] + rng.choice([c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c != intent.text[k]])
+        return f"the word reads {wrong + intent.text[k + 1:]}, not {intent.text}"
+    src, op = intent.source, intent.edit
+    if src is None or op is None:
+        return ""
+    want = op.apply(src)
+    if code == "not_applied":  # seen as if the source came back unchanged
+        told = slot_changes(want, src)
+        return told[0][1] if told else ""
+    if code == "changed_other":
+        touched = {op.target.position if op.target is not None else None, op.obj.position if op.obj is not None else None}
+        pos = rng.choice([p for p in POSITIONS if p not in touched])
+        o = want.at(pos)
+        if o is None:
+            seen = Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), pos)
+        else:
+            seen = replace(o, color=rng.choice([c for c in COLORS if c != o.color]))
+        others = [x for x in want.objects if x.position != pos]
+        told = slot_changes(want, replace(want, objects=tuple(sorted([*others, seen],
+                                                                    key=lambda x: POSITIONS.index(x.position)))))
+        return told[0][1] if told else ""
+    return ""
 
 
 def corrupt(intent: Intent, defects: list[Defect], rng: random.Random) -> list[Defect]:

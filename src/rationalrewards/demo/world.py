@@ -540,10 +540,54 @@ def sample_task(rng: random.Random, task_id: str, *, edit_rate: float = 0.25, cu
 
 @dataclass(frozen=True)
 class Defect:
-    """One thing wrong with an image. ``code`` names the kind; ``dim`` the critique dimension."""
+    """One thing wrong with an image. ``code`` names the kind; ``dim`` the critique dimension;
+    ``detail`` says concretely what is wrong ("the circle is blue, not red"), in the words the base
+    student's pretraining uses for the same facts (``base_data``). Two defects are equal when their
+    dimension and kind are: the detail is how it is said, not what it is."""
 
     dim: str
     code: str
+    detail: str = field(default="", compare=False)
+
+
+WHERE: dict[str, str] = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+ART_WORD: dict[str, str] = {"noise": "noisy", "blur": "blurred", "seam": "split by a seam"}
+
+
+def obj_phrase(o: Obj) -> str:
+    """``a small red circle``."""
+    return f"a {o.size} {o.color} {o.shape}"
+
+
+def artefact_phrase(artefact: str) -> str:
+    return f"the image is {ART_WORD[artefact]}"
+
+
+def slot_changes(a: Scene, b: Scene) -> list[tuple[str, str]]:
+    """What differs from scene ``a`` to scene ``b``, as ``(where, phrase)`` per slot (``where`` a
+    position) and then for the word (``where`` = ``"word"``); artefacts are not compared."""
+    out: list[tuple[str, str]] = []
+    for pos in POSITIONS:
+        oa, ob = a.at(pos), b.at(pos)
+        if oa == ob:
+            continue
+        if oa is None and ob is not None:
+            out.append((pos, f"{obj_phrase(ob)} was added {WHERE[pos]}"))
+        elif ob is None and oa is not None:
+            out.append((pos, f"the {oa.color} {oa.shape} {WHERE[pos]} was removed"))
+        elif oa is not None and ob is not None:
+            if oa.shape == ob.shape and oa.size == ob.size:
+                out.append((pos, f"the {oa.shape} {WHERE[pos]} turned from {oa.color} to {ob.color}"))
+            else:
+                out.append((pos, f"the {oa.color} {oa.shape} {WHERE[pos]} became {obj_phrase(ob)}"))
+    if a.text != b.text:
+        if b.text is None:
+            out.append(("word", "the word was removed"))
+        elif a.text is None:
+            out.append(("word", f"the word {b.text} was added"))
+        else:
+            out.append(("word", f"the word changed from {a.text} to {b.text}"))
+    return out
 
 
 # Score penalty per defect kind (scores start at 4 and are floored at 1). Text rendering is set
@@ -603,19 +647,20 @@ def pair_objects(
 def _match_wants(wants: tuple[Want, ...], objs: tuple[Obj, ...]) -> list[Defect]:
     """Defects of a t2i image: each requested object is matched to the best drawn one."""
     out: list[Defect] = []
+    tf = "text_faithfulness"
     matched, second, left = pair_objects(wants, objs)
     for w, hit in second:
         if hit is None:
-            out.append(Defect("text_faithfulness", "missing"))
+            out.append(Defect(tf, "missing", f"the {w.color} {w.shape} is missing"))
             continue
-        out.append(Defect("text_faithfulness", "color"))
-        matched.append((w, replace(hit, color=w.color)))
+        out.append(Defect(tf, "color", f"the {w.shape} is {hit.color}, not {w.color}"))
+        matched.append((w, hit))
     for w, o in matched:
         if w.size and o.size != w.size:
-            out.append(Defect("text_faithfulness", "size"))
+            out.append(Defect(tf, "size", f"the {o.color} {o.shape} is {o.size}, not {w.size}"))
         if w.position and o.position != w.position:
-            out.append(Defect("text_faithfulness", "place"))
-    out += [Defect("text_faithfulness", "extra") for _ in left]
+            out.append(Defect(tf, "place", f"the {o.color} {o.shape} is {WHERE[o.position]}, not {WHERE[w.position]}"))
+    out += [Defect(tf, "extra", f"there is an extra {o.color} {o.shape}") for o in left]
     return out
 
 
@@ -626,14 +671,14 @@ def find_defects(intent: Intent, scene: Scene) -> list[Defect]:
         out += _match_wants(intent.objects, scene.objects)
         if intent.text:
             if scene.text is None:
-                out.append(Defect("text_rendering", "no_text"))
+                out.append(Defect("text_rendering", "no_text", "no word is written"))
             elif scene.text != intent.text:
-                out.append(Defect("text_rendering", "misspelled"))
+                out.append(Defect("text_rendering", "misspelled", f"the word reads {scene.text}, not {intent.text}"))
     else:
         src, op = intent.source, intent.edit
         want = op.apply(src) if op is not None else src
         out += _edit_defects(src, op, want, scene)
-    out += [Defect("physical_quality", a) for a in scene.artefacts]
+    out += [Defect("physical_quality", a, artefact_phrase(a)) for a in scene.artefacts]
     return out
 
 
@@ -641,42 +686,52 @@ def _edit_defects(src: Scene, op: EditOp | None, want: Scene, got: Scene) -> lis
     out: list[Defect] = []
     if op is None:
         return out
+    # Details say what the image shows against what was asked (``want``), slot by slot: the words
+    # of the base's edit checks ("compared with what was asked, the square on the left turned from
+    # blue to red").
+    told = dict(slot_changes(want, got))
     by_pos = {o.position: o for o in got.objects}
     touched: set[str] = set()
+
+    def tf(code: str, where: str) -> None:
+        generic = "the requested change was not made" if code == "not_applied" else "the change was made wrongly"
+        out.append(Defect("text_faithfulness", code, told.get(where, generic)))
+
     if op.kind in ("recolor", "remove") and op.target is not None:
         touched.add(op.target.position)
         now = by_pos.get(op.target.position)
         if op.kind == "remove":
             if now is not None and now == op.target:
-                out.append(Defect("text_faithfulness", "not_applied"))
+                tf("not_applied", op.target.position)
             elif now is not None:
-                out.append(Defect("text_faithfulness", "wrong_change"))
+                tf("wrong_change", op.target.position)
         elif now is None or now == op.target:
-            out.append(Defect("text_faithfulness", "not_applied"))
+            tf("not_applied", op.target.position)
         elif now.color != op.color or now.shape != op.target.shape:
-            out.append(Defect("text_faithfulness", "wrong_change"))
+            tf("wrong_change", op.target.position)
     elif op.kind == "add" and op.obj is not None:
         touched.add(op.obj.position)
         now = by_pos.get(op.obj.position)
         if now is None:
-            out.append(Defect("text_faithfulness", "not_applied"))
+            tf("not_applied", op.obj.position)
         elif now != op.obj:
-            out.append(Defect("text_faithfulness", "wrong_change"))
+            tf("wrong_change", op.obj.position)
     elif op.kind == "retext":
         if got.text == src.text:
-            out.append(Defect("text_faithfulness", "not_applied"))
+            tf("not_applied", "word")
         elif got.text is None:
-            out.append(Defect("text_rendering", "no_text"))
+            out.append(Defect("text_rendering", "no_text", "no word is written"))
         elif got.text != op.text:
-            out.append(Defect("text_rendering", "misspelled"))
+            out.append(Defect("text_rendering", "misspelled", f"the word reads {got.text}, not {op.text}"))
     # Image faithfulness: anything outside the edit that differs from the source.
+    others = dict(slot_changes(src, got))
     for pos in POSITIONS:
         if pos in touched:
             continue
         if by_pos.get(pos) != src.at(pos):
-            out.append(Defect("image_faithfulness", "changed_other"))
+            out.append(Defect("image_faithfulness", "changed_other", others.get(pos, "something else changed")))
     if op.kind != "retext" and got.text != src.text:
-        out.append(Defect("image_faithfulness", "changed_other"))
+        out.append(Defect("image_faithfulness", "changed_other", others.get("word", "something else changed")))
     return out
 
 
