@@ -540,14 +540,21 @@ def test_ctrl_c_saves_finished_items_and_exits_130(tmp_path):
     with ScriptedServer(gate) as server:
         args = ["eval", "--benchmark", "pairs", "--data", str(data), "--out", str(out), "--base-url",
                 server.base_url, "--model", "judge", "--bootstrap", "0", "--concurrency", "2"]
-        proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # PYTHONFAULTHANDLER: if it hangs, SIGABRT makes the child print every thread's stack.
+        proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         results = out / "results.jsonl"
         try:
             gate.wait_until_holding()
             wait_for_lines(results, 4)
         finally:
             proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)  # a hang here is the bug this test guards against
+        try:
+            _, err = proc.communicate(timeout=60)  # a hang here is the bug this test guards against
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"eval did not stop within 60 s of Ctrl-C; its threads:\n{err}")
         gate.release()
         assert proc.returncode == 130 and "rerun the same command to resume" in err
         saved = [json.loads(x)["id"] for x in results.read_text().splitlines()]
